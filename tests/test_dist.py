@@ -1,0 +1,116 @@
+"""One process vs two gloo processes: every method's parameter gradient and sample-set state.
+
+The batch is split over 2 ranks (DDP); the result must equal one process on the whole batch.
+The model has no BatchNorm, so the only cross-sample coupling is in the objectives.
+"""
+
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from unigrad.methods import METHODS
+from unigrad.networks import Encoder, SiameseModel
+from unigrad.objective import Objective
+from unigrad.targets import TargetBranch
+
+N, D, C = 8, 6, 8
+
+
+def configs():
+    for name, spec in METHODS.items():
+        for form in spec.forms:
+            for variant in [None] if form == "loss" else list(spec.grads):
+                yield name, form, variant, spec.target
+        if spec.target != "momentum":
+            yield name, spec.default_form, None, "momentum"
+    yield "simclr", "loss", None, "momentum_pos"
+    yield "unigrad", "grad", None, "momentum_pos"
+
+
+CONFIGS = list(configs())
+
+
+def build(method):
+    torch.manual_seed(0)
+    enc = Encoder(nn.Sequential(nn.Linear(D, 16), nn.ReLU()), nn.Linear(16, C))
+    pred = (
+        nn.Sequential(nn.Linear(C, 4), nn.ReLU(), nn.Linear(4, C))
+        if METHODS[method].predictor == "mlp"
+        else None
+    )
+    return SiameseModel(enc, pred).double()
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(N, D, generator=g, dtype=torch.float64)
+    return [x + 0.3 * torch.randn(N, D, generator=g, dtype=torch.float64) for _ in range(2)]
+
+
+def one_step(method, form, variant, target_kind, views, wrap=None):
+    """Two optimisation-free steps (gradients of step 2, after a state update in step 1)."""
+    model = build(method)
+    target = TargetBranch(target_kind, model.encoder)
+    with torch.no_grad():  # make the target differ from the online network
+        for p in target.net.parameters() if target.net is not None else []:
+            p.mul_(0.9)
+    obj = Objective(method, form, variant, dim=C, bank_size=12).double()
+    net = wrap(model) if wrap else model
+    for _ in range(2):
+        net.zero_grad()
+        z, p = net(views)
+        loss, _ = obj(z, target(views, z), pred=p)
+        loss.backward()
+    grads = torch.cat([q.grad.flatten() for q in model.parameters() if q.grad is not None])
+    state = {k: v.clone() for k, v in obj.state_dict().items()}
+    return grads, state
+
+
+def _worker(rank, world, path, results):
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        views = [v.chunk(world)[rank] for v in batch()]
+        out = {}
+        for cfg in CONFIGS:
+            out[cfg] = one_step(*cfg, views, wrap=lambda m: DDP(m))
+        if rank == 0:
+            torch.save(out, results)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_results():
+    with tempfile.TemporaryDirectory() as tmp:
+        results = os.path.join(tmp, "out.pt")
+        mp.spawn(_worker, args=(2, os.path.join(tmp, "rdv"), results), nprocs=2, join=True)
+        return torch.load(results, weights_only=True)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["-".join(str(x) for x in c) for c in CONFIGS])
+def test_two_ranks_equal_one_process(two_process_results, cfg):
+    g1, s1 = one_step(*cfg, batch())
+    g2, s2 = two_process_results[cfg]
+    rel = float((g1 - g2).norm() / g1.norm())
+    assert rel < 1e-5, f"{cfg}: relative gradient error {rel:.2e}"
+    for k in s1:
+        if k.endswith("ptr") or k.endswith("filled") or k.endswith("initialized"):
+            assert torch.equal(s1[k], s2[k]), k
+        elif k.endswith("queue"):  # same keys, possibly a different row order per rank layout
+            assert torch.allclose(s1[k].sum(0), s2[k].sum(0)), k
+        else:
+            assert torch.allclose(s1[k], s2[k], atol=1e-12), k
+
+
+def test_plain_all_reduce_would_scale_gradients_by_one_over_world_size():
+    """The bug class this design avoids: non-autograd all-reduce inside a loss."""
+    from unigrad import dist as udist
+
+    assert udist.world_size() == 1 and udist.gather_with_grad(torch.ones(2)).shape == (2,)

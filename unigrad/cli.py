@@ -1,0 +1,131 @@
+"""``unigrad`` command line: one sub-command per task, user mistakes reported without traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from unigrad.errors import UserError
+
+COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+
+def command(name: str, help: str) -> Callable:
+    """Register ``fn(parser)`` that adds the sub-command's arguments and sets ``func``."""
+
+    def deco(fn: Callable[[argparse.ArgumentParser], None]) -> Callable:
+        COMMANDS[name] = (help, fn)  # type: ignore[assignment]
+        return fn
+
+    return deco
+
+
+@command("methods", "list the methods, their forms, targets and default hyperparameters")
+def _methods(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--dim", type=int, default=2048, help="embedding width C for the balance factors"
+    )
+
+    def run(a: argparse.Namespace) -> int:
+        from unigrad.methods import METHODS
+
+        if a.json:
+            out = []
+            for spec in METHODS.values():
+                d = spec.to_dict()
+                for f in ([d["loss"]] if d["loss"] else []) + list(d["grads"].values()):
+                    form = spec.form(f["kind"], f["key"] if f["kind"] == "grad" else None)
+                    f["lambda_at_dim"] = form.default_lambda(a.dim)
+                out.append(d)
+            print(json.dumps(out, indent=2))
+            return 0
+        print(
+            f"{'method':<13} {'form':<5} {'row':<8} {'target':<9} {'norm':<5} {'set':<6} "
+            f"{'lambda@' + str(a.dim):<11} {'positive':<24} negative"
+        )
+        for spec in METHODS.values():
+            forms = ([spec.loss] if spec.loss else []) + list(spec.grads.values())
+            for f in forms:
+                lam = f.default_lambda(a.dim)
+                if lam is not None:
+                    lam_s = f"{lam:g}"
+                elif f.kind == "loss":
+                    lam_s = "-"
+                else:
+                    lam_s = "dynamic" if spec.name == "directpred" else "derived"
+                row = f.row or ("-" if f.kind == "loss" else f.key)
+                if f.kind == "grad" and f.key == spec.default_grad:
+                    row += "*"
+                print(
+                    f"{spec.name:<13} {f.kind:<5} {row:<8} {spec.target:<9} {f.norm:<5} "
+                    f"{f.sample_set:<6} {lam_s:<11} {f.pos_grad:<24} {f.neg_grad}"
+                )
+            hp = ", ".join(f"{k}={v}" for k, v in spec.hparams.items())
+            print(
+                f"{'':<13} default form: {spec.default_form}; predictor: {spec.predictor}"
+                + (f"; {hp}" if hp else "")
+            )
+        print(
+            "\n* default gradient variant. Balance factors marked as scaling follow the width: "
+            "table value x C / 2048."
+        )
+        return 0
+
+    p.set_defaults(func=run)
+
+
+@command(
+    "check-gradients", "verify the paper's appendix A: autograd of each loss vs its closed form"
+)
+def _check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    p.add_argument("--seed", type=int, default=0)
+
+    def run(a: argparse.Namespace) -> int:
+        from unigrad.derivations import format_table, run_checks
+
+        checks = run_checks(seed=a.seed)
+        if a.json:
+            print(json.dumps([c.to_json() for c in checks], indent=2))
+        else:
+            print(format_table(checks))
+        bad = [c.name for c in checks if not c.ok]
+        if bad:
+            print(f"FAILED exact identities: {', '.join(bad)}", file=sys.stderr)
+            return 1
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import unigrad.commands  # noqa: F401  (registers the training/evaluation commands)
+
+    parser = argparse.ArgumentParser(
+        prog="unigrad",
+        description="Siamese self-supervised learning in loss form and unified gradient form.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_, fn) in COMMANDS.items():  # type: ignore[misc]
+        fn(sub.add_parser(name, help=help_, description=help_))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

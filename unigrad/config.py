@@ -1,0 +1,276 @@
+"""The pretraining configuration: one flat, typed record (OmegaConf structured config).
+
+Built at the edge: YAML preset -> CLI flags -> ``--set key=value`` overrides; an unknown key or a
+value of the wrong type fails with the list of valid keys. Everything below the CLI receives
+plain keyword arguments taken from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from unigrad.errors import UserError
+from unigrad.methods import METHODS, get_method
+from unigrad.objective import DIRECTIONAL, SYMMETRIES
+from unigrad.targets import TARGETS
+
+
+@dataclass
+class Config:
+    # method (paper: loss form / gradient form, target branch, sample set)
+    method: str = "unigrad"
+    form: str | None = None  # loss | grad; None: the method's default
+    variant: str | None = None  # gradient-form row (Table 2), e.g. f/g/h; None: default
+    target: str | None = None  # shared | stopgrad | momentum | momentum_pos | snapshot
+    snapshot_every: int = 1  # steps between refreshes of the snapshot target
+    symmetry: str = "sym"  # sym | asym | asym2x (SimSiam's ablation)
+    lambd: float | None = None  # balance factor; None: Table 2 value (scaled with proj_dim)
+    tau: float | None = None
+    rho: float | None = None
+    eps: float | None = None
+    bank_size: int | None = None
+    corr_source: str | None = None  # target | online: which embeddings feed F
+    sim_weight: float | None = None
+    var_weight: float | None = None
+    cov_weight: float | None = None
+    gamma: float | None = None
+    # networks
+    backbone: str = "resnet18"
+    width: float = 1.0
+    cifar_stem: bool = False
+    proj_depth: int = 3
+    proj_dim: int = 2048
+    proj_hidden: int | None = None
+    pred_hidden: int | None = None
+    sync_bn: bool = False
+    # data
+    data: str | None = None  # ImageFolder root with train/ (val/, test/)
+    dataset: str | None = None  # cifar10 | cifar100 | stl10 (torchvision)
+    download: bool = False
+    train_split: str = "train"
+    eval_split: str = "val"
+    pipeline: str = "auto"  # fast | standard | auto (fast when the data fits in memory)
+    workers: int = 2
+    bad_images: str = "skip"  # skip (warn, count) | fail
+    # augmentation (BYOL/SimSiam recipe)
+    image_size: int = 224
+    crop_scale_min: float = 0.2
+    crop_scale_max: float = 1.0
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.5
+    solarize_p: float = 0.0
+    multi_crop: str = ""  # e.g. "2x32,6x16": global x size, local x size
+    local_scale_min: float = 0.05
+    local_scale_max: float = 0.4
+    cutmix: bool = False
+    # optimisation
+    epochs: int = 100
+    max_steps: int | None = None  # stop early (smoke tests, benchmarks)
+    batch_size: int = 256  # global batch (split over ranks)
+    optimizer: str = "sgd"  # sgd | lars
+    base_lr: float = 0.05  # lr = base_lr * batch_size / 256
+    base_lr_bias: float | None = None  # LARS recipe: biases and BN (None: base_lr)
+    weight_decay: float = 1e-4
+    sgd_momentum: float = 0.9
+    warmup_epochs: float = 5.0
+    min_lr_ratio: float = 1e-3
+    predictor_fixed_lr: bool | None = None  # None: the method's (SimSiam: True)
+    momentum_base: float | None = None  # EMA momentum at step 0; None: method's (0.996)
+    momentum_final: float = 1.0
+    # system
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto | off | bf16 | fp16 (auto: fp16 on CUDA, off on CPU)
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    # output
+    out: str = "runs/unnamed"
+    log_every: int = 10
+    knn_every: int = 1  # epochs between kNN monitors (0: only at the end)
+    knn_k: int = 200
+    knn_t: float = 0.1
+    diag_every: int = 50  # steps between diagnostics on the probe batch (0: off)
+    ckpt_every: int = 0  # steps between mid-epoch checkpoints (0: end of epoch only)
+    keep_epoch_ckpts: bool = False
+    tensorboard: bool = True
+
+
+KEYS = tuple(f.name for f in fields(Config))
+
+
+def preset_names() -> list[str]:
+    return sorted(
+        p.name[:-5]
+        for p in resources.files("unigrad.presets").iterdir()
+        if p.name.endswith(".yaml")
+    )
+
+
+def load_yaml(name_or_path: str) -> dict[str, Any]:
+    """A shipped preset by name, or a YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise UserError(f"config file {path} does not exist")
+        text = path.read_text()
+    else:
+        res = resources.files("unigrad.presets") / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise UserError(
+                f"unknown preset {name_or_path!r}; shipped presets: {', '.join(preset_names())} "
+                "(or pass a path to a .yaml file)"
+            )
+        text = res.read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{name_or_path}: a config file must be a mapping of key: value")
+    return data
+
+
+def _unknown(keys: list[str]) -> UserError:
+    hints = []
+    for k in keys:
+        close = difflib.get_close_matches(k, KEYS, n=1)
+        hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return UserError(f"unknown config key {', '.join(hints)}. Valid keys: {', '.join(KEYS)}")
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``key=value`` strings -> dict, values parsed as YAML scalars (1e-3, true, null)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v) if v.strip() else None
+    return out
+
+
+def build_config(*layers: dict[str, Any]) -> Config:
+    """Merge override dicts (later wins) onto the defaults, type-checked; then validate."""
+    unknown = [k for layer in layers for k in layer if k not in KEYS]
+    if unknown:
+        raise _unknown(unknown)
+    base = OmegaConf.structured(Config)
+    try:
+        merged = OmegaConf.merge(base, *[OmegaConf.create(layer) for layer in layers])
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        raise UserError(f"invalid value for config key {key!r}: {e.msg}") from None
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in KEYS}
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise UserError(msg)
+
+
+def validate(cfg: Config) -> None:
+    """Reject invalid values with a message that names the key and the allowed range."""
+    _check(
+        cfg.method in METHODS, f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}"
+    )
+    spec = get_method(cfg.method)
+    try:
+        spec.form(cfg.form or spec.default_form, cfg.variant)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
+    _check(
+        cfg.target is None or cfg.target in TARGETS,
+        f"unknown target {cfg.target!r}; choose one of {', '.join(TARGETS)}",
+    )
+    _check(cfg.symmetry in SYMMETRIES, f"symmetry must be one of {', '.join(SYMMETRIES)}")
+    _check(
+        cfg.symmetry == "sym" or cfg.method in DIRECTIONAL,
+        f"symmetry={cfg.symmetry} needs one of the directional methods {', '.join(DIRECTIONAL)}",
+    )
+    for key in ("lambd", "tau", "eps", "sim_weight", "var_weight", "cov_weight", "gamma"):
+        v = getattr(cfg, key)
+        _check(v is None or v >= 0, f"{key} must be >= 0, got {v}")
+    _check(cfg.tau is None or cfg.tau > 0, f"tau must be > 0, got {cfg.tau}")
+    _check(cfg.rho is None or 0 <= cfg.rho < 1, f"rho must be in [0, 1), got {cfg.rho}")
+    _check(cfg.bank_size is None or cfg.bank_size >= 1, "bank_size must be >= 1")
+    _check(cfg.corr_source in (None, "target", "online"), "corr_source must be target or online")
+    _check(
+        cfg.batch_size >= 2,
+        f"batch_size must be >= 2 (a batch of {cfg.batch_size} has no negatives "
+        "and no batch statistics)",
+    )
+    _check(cfg.epochs >= 1, "epochs must be >= 1")
+    _check(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be >= 1")
+    _check(cfg.width > 0, "width must be > 0")
+    _check(1 <= cfg.proj_depth <= 5, "proj_depth must be in 1..5")
+    _check(cfg.proj_dim >= 2, "proj_dim must be >= 2")
+    _check(cfg.optimizer in ("sgd", "lars"), "optimizer must be sgd or lars")
+    _check(cfg.base_lr > 0, "base_lr must be > 0")
+    _check(cfg.weight_decay >= 0, "weight_decay must be >= 0")
+    _check(0 <= cfg.warmup_epochs <= cfg.epochs, "warmup_epochs must be in [0, epochs]")
+    _check(cfg.pipeline in ("auto", "fast", "standard"), "pipeline must be auto, fast or standard")
+    _check(cfg.bad_images in ("skip", "fail"), "bad_images must be skip or fail")
+    _check(cfg.amp in ("auto", "off", "bf16", "fp16"), "amp must be auto, off, bf16 or fp16")
+    _check(cfg.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
+    _check(
+        0 < cfg.crop_scale_min <= cfg.crop_scale_max <= 1,
+        "need 0 < crop_scale_min <= crop_scale_max <= 1",
+    )
+    _check(
+        0 < cfg.local_scale_min <= cfg.local_scale_max <= 1,
+        "need 0 < local_scale_min <= local_scale_max <= 1",
+    )
+    for key in ("jitter_p", "gray_p", "blur_p", "solarize_p"):
+        _check(0 <= getattr(cfg, key) <= 1, f"{key} must be a probability in [0, 1]")
+    _check(
+        cfg.momentum_base is None or 0 <= cfg.momentum_base <= 1, "momentum_base must be in [0, 1]"
+    )
+    _check(0 <= cfg.momentum_final <= 1, "momentum_final must be in [0, 1]")
+    _check(
+        cfg.data is None or cfg.dataset is None,
+        "pass either data (a folder) or dataset (a name), not both",
+    )
+    _check(
+        cfg.dataset in (None, "cifar10", "cifar100", "stl10"),
+        "dataset must be cifar10, cifar100 or stl10",
+    )
+    target = cfg.target or spec.target
+    if cfg.multi_crop or cfg.cutmix:
+        _check(
+            cfg.method == "unigrad", "multi_crop and cutmix are implemented for --method unigrad"
+        )
+    if cfg.cutmix:
+        _check(
+            target in ("momentum", "snapshot"),
+            "cutmix needs a momentum or snapshot target (positives come from unmixed images)",
+        )
+        _check(
+            (cfg.corr_source or spec.hparams.get("corr_source")) == "target",
+            "cutmix needs corr_source=target (F from unmixed embeddings only)",
+        )
+    if cfg.symmetry == "asym2x":
+        _check(
+            not cfg.multi_crop and not cfg.cutmix,
+            "symmetry=asym2x takes neither multi_crop nor cutmix",
+        )

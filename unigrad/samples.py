@@ -1,0 +1,114 @@
+"""Sample sets behind the negative gradient (paper Table 1): batch, memory bank, EMA matrix F.
+
+The batch set needs no state (it is the gathered current batch). The other two are modules
+whose state lives in buffers, so ``state_dict()`` carries them into checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unigrad import dist
+
+
+class MemoryBank(nn.Module):
+    """FIFO queue of past target embeddings, V_bank (MoCo).
+
+    Buffers: ``queue`` [K, C], ``ptr`` (next row to write), ``filled`` (valid rows, <= K).
+    Until the queue is full only the written rows are used as negatives.
+    """
+
+    queue: torch.Tensor
+    ptr: torch.Tensor
+    filled: torch.Tensor
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"memory bank size must be >= 1, got {size}")
+        self.register_buffer("queue", torch.zeros(size, dim))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return self.queue.shape[0]
+
+    def negatives(self) -> torch.Tensor:
+        """The valid rows, [min(filled, K), C] (a view: clone before an in-place push)."""
+        n = int(self.filled)
+        return self.queue if n >= self.size else self.queue[:n]
+
+    @torch.no_grad()
+    def push(self, keys: torch.Tensor) -> None:
+        """Enqueue keys [M, C] (already gathered over ranks), overwriting the oldest rows."""
+        keys = keys.detach().to(self.queue.dtype)
+        k = self.size
+        if keys.shape[0] > k:  # only the newest K survive
+            keys = keys[-k:]
+        m = keys.shape[0]
+        p = int(self.ptr)
+        idx = (torch.arange(m, device=keys.device) + p) % k
+        self.queue.index_copy_(0, idx.to(self.queue.device), keys)
+        self.ptr.fill_((p + m) % k)
+        self.filled.fill_(min(int(self.filled) + m, k))
+
+
+def batch_correlation(embeddings: list[torch.Tensor]) -> torch.Tensor:
+    """Mean of u u^T over all rows of all given views: sum_i U_i^T U_i / sum_i N_i -> [C, C]."""
+    n = sum(u.shape[0] for u in embeddings)
+    return sum(u.T @ u for u in embeddings) / n
+
+
+class CorrelationEMA(nn.Module):
+    """F = sum_v rho_v v v^T, the EMA of the embedding correlation matrix (V_infinity).
+
+    Paper eq. 14 / algorithm 6: F_t = rho * F_{t-1} + (1 - rho) * mean_batch(u u^T), with the
+    batch matrix all-reduced (mean) over ranks. The first batch initialises F (not zeros).
+    Buffers: ``F`` [C, C], ``initialized`` (bool).
+    """
+
+    F: torch.Tensor
+    initialized: torch.Tensor
+
+    def __init__(self, dim: int, rho: float = 0.99) -> None:
+        super().__init__()
+        if not 0.0 <= rho < 1.0:
+            raise ValueError(f"rho must be in [0, 1), got {rho}")
+        self.rho = rho
+        self.register_buffer("F", torch.zeros(dim, dim))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, embeddings: list[torch.Tensor], all_reduce: bool = True) -> torch.Tensor:
+        """Fold the current batch [N, C] (per view) into F; returns the new F."""
+        batch = batch_correlation([u.detach() for u in embeddings])
+        if all_reduce:
+            batch = dist.all_reduce_mean(batch)
+        batch = batch.to(self.F.dtype)
+        if bool(self.initialized):
+            self.F.mul_(self.rho).add_(batch, alpha=1.0 - self.rho)
+        else:
+            self.F.copy_(batch)
+            self.initialized.fill_(True)
+        return self.F
+
+
+def directpred_predictor(
+    F: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DirectPred's predictor from F (eq. 6 / 23) by symmetric eigendecomposition.
+
+    W_h = U (Lambda_F^1/2 + eps * lambda_max I) U^T, lambda_max the largest eigenvalue of F.
+    Negative eigenvalues from round-off are clipped to 0.
+
+    Returns:
+        (W_h [C, C], F^1/2 [C, C], lambda_max scalar), in F's dtype.
+    """
+    evals, evecs = torch.linalg.eigh(F.double())
+    evals = evals.clamp_min(0)
+    lam_max = evals.max()
+    sqrt_f = evecs @ torch.diag(evals.sqrt()) @ evecs.T
+    w_h = sqrt_f + eps * lam_max * torch.eye(F.shape[0], dtype=torch.float64, device=F.device)
+    return w_h.to(F.dtype), sqrt_f.to(F.dtype), lam_max.to(F.dtype)
