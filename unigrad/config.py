@@ -55,6 +55,7 @@ class Config:
     data: str | None = None  # ImageFolder root with train/ (val/, test/)
     dataset: str | None = None  # cifar10 | cifar100 | stl10 (torchvision)
     download: bool = False
+    fallback_dataset: str | None = None  # torchvision dataset to download if `data` is missing
     train_split: str = "train"
     eval_split: str = "val"
     pipeline: str = "auto"  # fast | standard | auto (fast when the data fits in memory)
@@ -103,7 +104,9 @@ class Config:
     knn_every: int = 1  # epochs between kNN monitors (0: only at the end)
     knn_k: int = 200
     knn_t: float = 0.1
+    knn_baseline: bool = False  # also report kNN of the randomly initialised backbone
     diag_every: int = 50  # steps between diagnostics on the probe batch (0: off)
+    probe_size: int = 128  # images in the fixed diagnostics probe batch
     ckpt_every: int = 0  # steps between mid-epoch checkpoints (0: end of epoch only)
     keep_epoch_ckpts: bool = False
     tensorboard: bool = True

@@ -259,7 +259,7 @@ def run_checks(seed: int = 0, n: int = 32, c: int = 24) -> list[Check]:
 
 
 def format_table(checks: list[Check]) -> str:
-    head = f"{'derivation':<32} {'method':<13} {'kind':<15} {'rel. error':>10} {'cosine':>8}  ok"
+    head = f"{'derivation':<36} {'method':<13} {'kind':<15} {'rel. error':>10} {'cosine':>8}  ok"
     lines = [head, "-" * len(head)]
     notes = []
     for ch in checks:
@@ -269,7 +269,7 @@ def format_table(checks: list[Check]) -> str:
             notes.append(ch.note)
             ref = f" [{len(notes)}]"
         lines.append(
-            f"{ch.name + ref:<32} {ch.method:<13} {ch.kind:<15} {ch.rel_error:>10.2e} "
+            f"{ch.name + ref:<36} {ch.method:<13} {ch.kind:<15} {ch.rel_error:>10.2e} "
             f"{ch.cosine:>8.4f}  {mark}"
         )
     lines.append("")

@@ -59,11 +59,9 @@ def resnet_backbone(
 
 
 def vit_backbone(name: str, image_size: int) -> tuple[nn.Module, int]:
-    """A timm ViT (``vit_tiny_patch16_224`` ...) without head; needs ``pip install timm``."""
-    try:
-        import timm
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ValueError("ViT backbones need timm: pip install 'unigrad[vit]'") from e
+    """A timm ViT (``vit_tiny_patch16_224``, ``vit_small_patch16_224``, ...) without head."""
+    import timm
+
     net = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size)
     return net, int(net.num_features)
 

@@ -1,0 +1,72 @@
+"""Config: presets, overrides, unknown keys and invalid values give clear errors."""
+
+import pytest
+
+from unigrad.config import KEYS, build_config, load_yaml, parse_set, preset_names
+from unigrad.errors import UserError
+
+
+def test_shipped_presets_load_and_validate():
+    assert {"cifar-quick", "paper-100ep", "paper-800ep"} <= set(preset_names())
+    for name in preset_names():
+        cfg = build_config(load_yaml(name))
+        assert cfg.batch_size >= 2
+
+
+def test_later_layers_override_earlier_ones():
+    cfg = build_config(
+        load_yaml("cifar-quick"), {"epochs": 7}, parse_set(["lambd=1e-3", "cutmix=true"])
+    )
+    assert cfg.epochs == 7 and cfg.lambd == 1e-3 and cfg.cutmix is True and cfg.width == 0.25
+
+
+def test_unknown_key_lists_valid_keys_and_suggests():
+    with pytest.raises(UserError) as e:
+        build_config({"lamda": 1.0})
+    msg = str(e.value)
+    assert "lamda" in msg and "did you mean 'lambd'" in msg and all(k in msg for k in KEYS[:5])
+
+
+def test_wrong_type_is_refused():
+    with pytest.raises(UserError, match="epochs"):
+        build_config({"epochs": "many"})
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"lambd": -1.0}, "lambd must be >= 0"),
+        ({"tau": 0.0}, "tau must be > 0"),
+        ({"rho": 1.0}, r"rho must be in \[0, 1\)"),
+        ({"batch_size": 1}, "batch_size must be >= 2"),
+        ({"method": "swav"}, "unknown method 'swav'"),
+        ({"method": "byol", "form": "grad"}, "no gradient form"),
+        ({"method": "barlow_twins", "form": "grad", "variant": "z"}, "no gradient variant 'z'"),
+        ({"target": "ema"}, "unknown target"),
+        ({"method": "simclr", "cutmix": True}, "unigrad"),
+        ({"cutmix": True, "target": "stopgrad"}, "momentum or snapshot"),
+        ({"symmetry": "asym", "method": "vicreg"}, "directional"),
+    ],
+)
+def test_invalid_values_are_refused_with_the_reason(bad, match):
+    with pytest.raises(UserError, match=match):
+        build_config(bad)
+
+
+def test_set_parses_yaml_scalars():
+    assert parse_set(["a=1", "b=0.5", "c=true", "d=null", "e=x"]) == {
+        "a": 1,
+        "b": 0.5,
+        "c": True,
+        "d": None,
+        "e": "x",
+    }
+    with pytest.raises(UserError, match="key=value"):
+        parse_set(["novalue"])
+
+
+def test_missing_preset_names_the_shipped_ones(tmp_path):
+    with pytest.raises(UserError, match="cifar-quick"):
+        load_yaml("nope")
+    with pytest.raises(UserError, match="does not exist"):
+        load_yaml(str(tmp_path / "x.yaml"))

@@ -1,0 +1,91 @@
+"""Optimisers and per-step schedules (precomputed arrays: trivially checkpointed and plotted).
+
+SGD (paper's 100-epoch recipe) and LARS (800-epoch recipe; timm's maintained implementation).
+With LARS, biases and normalisation parameters are excluded from the trust-ratio adaptation and
+from weight decay (a param group with weight_decay 0 is not adapted by timm's Lars).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.optim import Lars
+from torch import nn
+
+
+def lr_schedule(
+    peak: float, total_steps: int, warmup_steps: int, min_ratio: float = 1e-3
+) -> torch.Tensor:
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine to peak*min_ratio.
+
+    Returns a float64 tensor [total_steps] (value for step t, before its update).
+    """
+    t = torch.arange(total_steps, dtype=torch.float64)
+    warm = peak * (t + 1) / max(warmup_steps, 1)
+    span = max(total_steps - warmup_steps - 1, 1)
+    progress = ((t - warmup_steps) / span).clamp(0, 1)
+    low = peak * min_ratio
+    cos = low + (peak - low) * 0.5 * (1 + torch.cos(math.pi * progress))
+    return torch.where(t < warmup_steps, warm, cos)
+
+
+def is_bias_or_norm(name: str, p: nn.Parameter) -> bool:
+    return p.ndim <= 1 or name.endswith(".bias")
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    exclude_bias_norm: bool,
+    bias_lr_scale: float = 1.0,
+    fixed_lr_prefix: str | None = None,
+) -> list[dict]:
+    """Split parameters into groups carrying ``lr_scale`` and ``fixed_lr`` flags.
+
+    Args:
+        exclude_bias_norm: biases and norm weights get weight_decay 0 (and no LARS adaptation)
+            and learning rate ``base_lr_bias`` (``bias_lr_scale`` times the weights' lr).
+        fixed_lr_prefix: parameters whose name starts with it keep the peak lr (SimSiam's
+            predictor).
+    """
+    groups: dict[tuple[bool, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        special = exclude_bias_norm and is_bias_or_norm(name, p)
+        fixed = fixed_lr_prefix is not None and name.startswith(fixed_lr_prefix)
+        g = groups.setdefault(
+            (special, fixed),
+            {
+                "params": [],
+                "weight_decay": 0.0 if special else weight_decay,
+                "lr_scale": bias_lr_scale if special else 1.0,
+                "fixed_lr": fixed,
+            },
+        )
+        g["params"].append(p)
+    return list(groups.values())
+
+
+def build_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    bias_lr_scale: float = 1.0,
+    fixed_lr_prefix: str | None = None,
+) -> torch.optim.Optimizer:
+    """``sgd`` (weight decay on every parameter, as SimSiam/UniGrad) or ``lars``."""
+    lars = name == "lars"
+    groups = param_groups(model, weight_decay, lars, bias_lr_scale, fixed_lr_prefix)
+    if lars:
+        return Lars(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, peak: float) -> None:
+    """Apply this step's lr; ``fixed_lr`` groups stay at the peak."""
+    for g in optimizer.param_groups:
+        g["lr"] = (peak if g.get("fixed_lr") else lr) * g.get("lr_scale", 1.0)

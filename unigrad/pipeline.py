@@ -1,0 +1,205 @@
+"""Training data for the trainer: views per step, a fixed probe batch, and the kNN monitor.
+
+Two pipelines with one interface (:class:`TrainData`):
+
+* ``fast``: the split decoded once into a uint8 tensor [N, 3, H, W]; whole batches are
+  augmented as tensors (:class:`unigrad.augment.FastAugment`) with a generator seeded by
+  (seed, step, rank);
+* ``standard``: torchvision per-image transforms in DataLoader workers, randomness a pure
+  function of (seed, epoch, index).
+
+Either way the sampler's permutation depends on (seed, epoch) only, so a run can restart at any
+batch of an epoch and see exactly the views it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from unigrad import augment, data, dist
+from unigrad.config import Config
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
+    """A CPU generator whose state is a pure function of (seed, step, rank, salt)."""
+    key = (seed * _MIX + step * 1_000_003 + dist.rank() * 7919 + salt * 104_729) % (2**63 - 1)
+    return torch.Generator().manual_seed(key)
+
+
+class TrainData:
+    """Interface shared by the two pipelines."""
+
+    steps_per_epoch: int
+    n_views: int
+
+    def epoch(
+        self, epoch: int, start: int, gen_for_step: Callable[[int], torch.Generator]
+    ) -> Iterator[list[torch.Tensor]]:
+        raise NotImplementedError
+
+    def probe(self, n: int) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def knn(self, backbone: nn.Module, k: int, t: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def _knn(
+    backbone: nn.Module, bank: DataLoader, query: DataLoader, device: torch.device, k: int, t: float
+) -> dict[str, Any]:
+    from unigrad.evaluate import extract_features, knn_eval
+
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        fb, lb = extract_features(backbone, bank, device)
+        fq, lq = extract_features(backbone, query, device)
+    finally:
+        backbone.train(was_training)
+    return knn_eval(fb, lb, fq, lq, k=k, t=t)
+
+
+class FastData(TrainData):
+    def __init__(self, cfg: Config, device: torch.device, source: dict[str, Any]) -> None:
+        self.cfg, self.device = cfg, device
+        self.images, self.labels, _ = data.load_uint8(
+            split=cfg.train_split, **source, bad_images=cfg.bad_images
+        )
+        self.spec = augment.AugmentSpec.from_config(cfg)
+        self.aug = augment.FastAugment(self.spec)
+        self.n_views = self.spec.n_views
+        self.batch = cfg.batch_size
+        self.steps_per_epoch = len(self.images) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise data.UserError(
+                f"batch_size {cfg.batch_size} is larger than the training split "
+                f"({len(self.images)} images); lower --batch-size"
+            )
+        self.source = source
+        self._probe: list[torch.Tensor] | None = None
+
+    def _views(self, x: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+        views = self.aug(x.to(self.device, non_blocking=True), gen)
+        if self.cfg.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views
+
+    def epoch(self, epoch, start, gen_for_step):
+        sampler = data.EpochSampler(
+            len(self.images),
+            self.batch,
+            self.cfg.seed,
+            epoch,
+            dist.rank(),
+            dist.world_size(),
+            start_batch=start,
+        )
+        for b, idx in enumerate(sampler, start):
+            yield self._views(self.images[idx], gen_for_step(epoch * self.steps_per_epoch + b))
+
+    def probe(self, n):
+        if self._probe is None:
+            g = torch.Generator().manual_seed(self.cfg.seed + 12345)
+            self._probe = self._views(self.images[: min(n, len(self.images))], g)
+        return self._probe
+
+    def _eval_loader(self, images: torch.Tensor, labels: torch.Tensor) -> DataLoader:
+        return DataLoader(TensorDataset(augment.to_float(images), labels), batch_size=512)
+
+    def knn(self, backbone, k, t):
+        if self.cfg.eval_split not in data.split_names(**self.source):
+            return {}
+        ev_x, ev_y, _ = data.load_uint8(
+            split=self.cfg.eval_split, **self.source, bad_images=self.cfg.bad_images
+        )
+        return _knn(
+            backbone,
+            self._eval_loader(self.images, self.labels),
+            self._eval_loader(ev_x, ev_y),
+            self.device,
+            k,
+            t,
+        )
+
+
+class LoaderData(TrainData):
+    def __init__(self, cfg: Config, device: torch.device, source: dict[str, Any]) -> None:
+        self.cfg, self.device, self.source = cfg, device, source
+        self.spec = augment.AugmentSpec.from_config(cfg)
+        base = data.open_split(split=cfg.train_split, **source, bad_images=cfg.bad_images)
+        self.dataset = augment.ViewsDataset(base, self.spec, cfg.seed)
+        self.n_views = self.spec.n_views
+        self.steps_per_epoch = len(self.dataset) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise data.UserError(
+                f"batch_size {cfg.batch_size} is larger than the training split "
+                f"({len(self.dataset)} images); lower --batch-size"
+            )
+        self._probe: list[torch.Tensor] | None = None
+
+    def _loader(self, dataset, batch_sampler=None, batch_size=None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            batch_size=batch_size,
+            num_workers=self.cfg.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _to_device(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        return [v.to(self.device, non_blocking=True, memory_format=fmt) for v in views]
+
+    def epoch(self, epoch, start, gen_for_step):
+        self.dataset.set_epoch(epoch)
+        sampler = data.EpochSampler(
+            len(self.dataset),
+            self.cfg.batch_size,
+            self.cfg.seed,
+            epoch,
+            dist.rank(),
+            dist.world_size(),
+            start_batch=start,
+        )
+        for views, _ in self._loader(self.dataset, batch_sampler=sampler):
+            yield self._to_device(views)
+
+    def probe(self, n):
+        if self._probe is None:
+            self.dataset.set_epoch(-1)
+            views, _ = next(
+                iter(self._loader(torch.utils.data.Subset(self.dataset, range(n)), batch_size=n))
+            )
+            self._probe = self._to_device(views)
+        return self._probe
+
+    def knn(self, backbone, k, t):
+        if self.cfg.eval_split not in data.split_names(**self.source):
+            return {}
+        tf = data.eval_transform(self.spec.image_size)
+
+        def loader(split: str) -> DataLoader:
+            ds = data.open_split(
+                split=split, **self.source, transform=tf, bad_images=self.cfg.bad_images
+            )
+            return self._loader(ds, batch_size=256)
+
+        return _knn(
+            backbone, loader(self.cfg.train_split), loader(self.cfg.eval_split), self.device, k, t
+        )
+
+
+def build_train_data(cfg: Config, device: torch.device) -> TrainData:
+    """Pick the pipeline (``auto``: fast when the training split fits in memory)."""
+    source = data.resolve_source(cfg.data, cfg.dataset, cfg.fallback_dataset, cfg.download)
+    pipeline = cfg.pipeline
+    if pipeline == "auto":
+        pipeline = "fast" if data.fits_in_memory(split=cfg.train_split, **source) else "standard"
+    return (FastData if pipeline == "fast" else LoaderData)(cfg, device, source)

@@ -1,0 +1,60 @@
+"""Run outputs: ``metrics.csv`` (long format: step, epoch, name, value) and TensorBoard.
+
+Only rank 0 writes. On resume, rows logged after the checkpoint's step (work that is being
+redone) are dropped, so the CSV never holds a step twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from unigrad import dist
+
+HEADER = ["step", "epoch", "name", "value"]
+
+
+class RunLog:
+    def __init__(self, out: Path, tensorboard: bool = True) -> None:
+        self.path = out / "metrics.csv"
+        self.enabled = dist.is_main()
+        self._tb = None
+        if not self.enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self.path.write_text(",".join(HEADER) + "\n")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(out / "tb"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows with step > ``step`` (they are recomputed after a resume)."""
+        if not self.enabled or not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, HEADER)
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(self.path)
+
+    def log(self, step: int, epoch: float, metrics: dict[str, float]) -> None:
+        if not self.enabled or not metrics:
+            return
+        with open(self.path, "a", newline="") as f:
+            w = csv.writer(f)
+            for name, value in metrics.items():
+                w.writerow([step, f"{epoch:.4f}", name, f"{value:.6g}"])
+        if self._tb is not None:
+            for name, value in metrics.items():
+                if math.isfinite(value):
+                    self._tb.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,411 @@
+"""Pretraining loop, top to bottom: schedule -> views -> forward -> loss -> backward -> EMA -> log.
+
+Everything that influences the future is in the checkpoint (online and target weights, F or the
+memory bank, optimiser and scaler state, step) and every random draw is a function of
+(seed, step, rank) or (seed, epoch, index), so a run resumed from any step boundary continues
+bit-identically (with deterministic kernels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from unigrad import checkpoint as ckpt
+from unigrad import dist
+from unigrad.config import Config, save_config, to_dict
+from unigrad.errors import UserError
+from unigrad.methods import get_method
+from unigrad.networks import build_model
+from unigrad.objective import Mix, Objective, target_views
+from unigrad.optim import build_optimizer, lr_schedule, set_lr
+from unigrad.pipeline import TrainData, build_train_data, step_generator
+from unigrad.runlog import RunLog
+from unigrad.targets import TargetBranch, cosine_momentum
+
+#: Config keys that must match for ``--resume`` to continue a run (architecture and method).
+ARCH_KEYS = (
+    "method",
+    "form",
+    "variant",
+    "target",
+    "backbone",
+    "width",
+    "cifar_stem",
+    "proj_depth",
+    "proj_dim",
+    "proj_hidden",
+    "pred_hidden",
+    "batch_size",
+    "seed",
+)
+
+
+class Interrupted(Exception):
+    """Raised at a step boundary after SIGTERM/SIGINT, once the checkpoint is written."""
+
+    def __init__(self, signum: int, path: Path) -> None:
+        super().__init__(f"stopped by signal {signum}; checkpoint written to {path}")
+        self.signum = signum
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("device=cuda but no CUDA device is available; use device=cpu")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module):
+    """Forward in training mode without touching BN running statistics (diagnostics probe)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [
+        (m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+        for m in bns
+    ]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (mom, nbt) in zip(bns, saved, strict=True):
+            m.momentum = mom
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)
+
+
+class Trainer:
+    """Builds everything from a :class:`~unigrad.config.Config` and runs :meth:`fit`."""
+
+    def __init__(self, cfg: Config, resume: bool = False, show_progress: bool = True) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.spec = get_method(cfg.method)
+        self.distributed = dist.setup_from_env()
+        self.device = pick_device(cfg.device)
+        world = dist.world_size()
+        if cfg.batch_size % world:
+            raise UserError(
+                f"batch_size {cfg.batch_size} is not divisible by the world size "
+                f"{world}; pick a multiple of {world}"
+            )
+        if cfg.batch_size // world < 2:
+            raise UserError(f"batch_size {cfg.batch_size} leaves fewer than 2 samples per rank")
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        self.show_progress = show_progress and dist.is_main()
+
+        self.data: TrainData = build_train_data(cfg, self.device)
+        self.steps_per_epoch = self.data.steps_per_epoch
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+        self.model = build_model(
+            cfg.backbone,
+            cfg.width,
+            cfg.cifar_stem,
+            cfg.proj_depth,
+            cfg.proj_dim,
+            cfg.proj_hidden,
+            predictor=self.spec.predictor == "mlp",
+            pred_hidden=cfg.pred_hidden,
+            image_size=cfg.image_size,
+        )
+        if cfg.sync_bn and self.distributed:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.target_kind = cfg.target or self.spec.target
+        self.target = TargetBranch(self.target_kind, self.model.encoder, cfg.snapshot_every)
+        self.objective = Objective(
+            cfg.method,
+            cfg.form,
+            cfg.variant,
+            dim=cfg.proj_dim,
+            symmetry=cfg.symmetry,
+            lambd=cfg.lambd,
+            tau=cfg.tau,
+            rho=cfg.rho,
+            eps=cfg.eps,
+            bank_size=cfg.bank_size,
+            corr_source=cfg.corr_source,
+            sim_weight=cfg.sim_weight,
+            var_weight=cfg.var_weight,
+            cov_weight=cfg.cov_weight,
+            gamma=cfg.gamma,
+        ).to(self.device)
+        self.net: nn.Module = self.model
+        if self.distributed:
+            self.net = DDP(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+
+        self.peak_lr = cfg.base_lr * cfg.batch_size / 256
+        fixed = cfg.predictor_fixed_lr
+        if fixed is None:
+            fixed = cfg.method == "simsiam"
+        self.optimizer = build_optimizer(
+            self.model,
+            cfg.optimizer,
+            self.peak_lr,
+            cfg.weight_decay,
+            cfg.sgd_momentum,
+            bias_lr_scale=(cfg.base_lr_bias or cfg.base_lr) / cfg.base_lr,
+            fixed_lr_prefix="predictor." if fixed else None,
+        )
+        warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.lr = lr_schedule(self.peak_lr, self.total_steps, warmup, cfg.min_lr_ratio)
+        base_m = cfg.momentum_base
+        if base_m is None:
+            base_m = float(self.spec.hparams.get("momentum_base", 0.996))
+        self.momentum = cosine_momentum(base_m, cfg.momentum_final, self.total_steps)
+        self.amp = amp_dtype(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.step = 0
+        self.n_views = self.data.n_views
+        self.n_target = target_views(self.n_views, cfg.symmetry)
+        self._stop_signal: int | None = None
+
+        self.log = RunLog(self.out, cfg.tensorboard)
+        if resume:
+            self._resume()
+        elif dist.is_main():
+            if (self.out / "last.ckpt").exists():
+                raise UserError(
+                    f"{self.out} already holds a run (last.ckpt); pass --resume to "
+                    "continue it or choose another --out"
+                )
+            save_config(cfg, self.out / "config.yaml")
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "target": self.target.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "python": list(random.getstate()[1]),
+                "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.target.load_state_dict(state["target"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save(self, name: str = "last.ckpt") -> Path:
+        path = self.out / name
+        if dist.is_main():
+            ckpt.save_checkpoint(self.state_dict(), path)
+        dist.barrier()
+        return path
+
+    def _resume(self) -> None:
+        found = ckpt.latest_good(self.out, warn=lambda m: print(m) if dist.is_main() else None)
+        if found is None:
+            raise UserError(f"--resume: no usable checkpoint in {self.out}; start without --resume")
+        path, state = found
+        old = state.get("config", {})
+        diff = [
+            f"{k}: {old.get(k)!r} -> {getattr(self.cfg, k)!r}"
+            for k in ARCH_KEYS
+            if old.get(k) != getattr(self.cfg, k)
+        ]
+        if diff:
+            raise UserError(
+                f"{path} was written by a different run ({'; '.join(diff)}); resume "
+                "with the same settings or start a new --out"
+            )
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise UserError(f"{path} does not match this model: {str(e).splitlines()[0]}") from None
+        self.log.truncate_after(self.step)
+        if dist.is_main():
+            print(f"resumed from {path} at step {self.step}")
+
+    # ------------------------------------------------------------------ one step
+    def train_step(
+        self, views: list[torch.Tensor], gen: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """One optimisation step on a list of augmented views (global first)."""
+        set_lr(self.optimizer, float(self.lr[self.step]), self.peak_lr)
+        online_views, mix = views, None
+        if self.cfg.cutmix:
+            from unigrad.augment import cutmix
+
+            online_views, perm, ratio = cutmix(views, gen)
+            mix = Mix(perm, ratio)
+        with torch.autocast(
+            self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+        ):
+            z, p = self.net(online_views)
+            targets = self.target(views[: self.n_target], z[: self.n_target])
+            loss, stats = self.objective(z, targets, pred=p, mix=mix)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        self.target.update(self.model.encoder, float(self.momentum[self.step - 1]), self.step)
+        stats["loss"] = loss.detach()
+        return stats
+
+    # ------------------------------------------------------------------ loop
+    def _handle_signal(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum
+
+    def fit(self) -> dict[str, float]:
+        """Train until ``total_steps``; returns the final metrics (incl. kNN accuracy)."""
+        cfg = self.cfg
+        old = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._loop()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            self.log.close()
+
+        del cfg
+
+    def _loop(self) -> dict[str, float]:
+        cfg = self.cfg
+        final: dict[str, float] = {}
+        window: dict[str, list[torch.Tensor]] = {}
+        t0, n_img = time.perf_counter(), 0
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.show_progress,
+            unit="step",
+            dynamic_ncols=True,
+            desc=f"{cfg.method}/{self.objective.kind}",
+        )
+        while self.step < self.total_steps:
+            epoch = self.step // self.steps_per_epoch
+            start = self.step - epoch * self.steps_per_epoch
+            for views in self.data.epoch(epoch, start, lambda s: step_generator(cfg.seed, s)):
+                gen = step_generator(cfg.seed, self.step, salt=1)
+                stats = self.train_step(views, gen)
+                for k, v in stats.items():
+                    window.setdefault(k, []).append(v)
+                n_img += views[0].shape[0] * dist.world_size()
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    logged = self._flush(window, n_img / (time.perf_counter() - t0), epoch)
+                    bar.set_postfix(
+                        {
+                            k: f"{logged[k]:.3g}"
+                            for k in ("loss", "pos_sim", "lr", "img_per_s")
+                            if k in logged
+                        }
+                    )
+                    window, t0, n_img = {}, time.perf_counter(), 0
+                if cfg.diag_every and self.step % cfg.diag_every == 0:
+                    self._diagnostics(epoch)
+                end_of_epoch = self.step % self.steps_per_epoch == 0
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not end_of_epoch:
+                    self.save()
+                if self._stop_signal is not None:
+                    path = self.save()
+                    bar.close()
+                    raise Interrupted(self._stop_signal, path)
+                if self.step >= self.total_steps:
+                    break
+            epoch_done = self.step // self.steps_per_epoch
+            path = self.save()
+            if cfg.keep_epoch_ckpts and self.step % self.steps_per_epoch == 0:
+                self.save(f"epoch-{epoch_done:04d}.ckpt")
+            del path
+            last = self.step >= self.total_steps
+            if (cfg.knn_every and epoch_done % cfg.knn_every == 0) or last:
+                final.update(self._knn(epoch_done))
+        bar.close()
+        return final
+
+    def _flush(
+        self, window: dict[str, list[torch.Tensor]], img_s: float, epoch: int
+    ) -> dict[str, float]:
+        means = {k: float(torch.stack(v).float().mean()) for k, v in window.items()}
+        if not all(np.isfinite(v) for v in means.values()):
+            bad = [k for k, v in means.items() if not np.isfinite(v)]
+            good = ckpt.latest_good(self.out, warn=lambda m: None)
+            hint = f"last good checkpoint: {good[0]}" if good else "no checkpoint was written yet"
+            raise UserError(
+                f"non-finite {', '.join(bad)} at step {self.step} (within the last "
+                f"{self.cfg.log_every} steps); {hint}. Lower base_lr or lambd, or disable amp.",
+                exit_code=3,
+            )
+        if self.objective.kind == "grad":
+            means.pop("loss", None)  # the surrogate's value carries no meaning
+        means["lr"] = float(self.lr[self.step - 1])
+        means["momentum"] = float(self.momentum[self.step - 1])
+        means["img_per_s"] = img_s
+        self.log.log(self.step, self.step / self.steps_per_epoch, means)
+        return means
+
+    def _diagnostics(self, epoch: int) -> None:
+        from unigrad.diagnostics import probe_diagnostics
+
+        views = self.data.probe(self.cfg.probe_size)
+        with torch.no_grad(), frozen_bn_stats(self.model):
+            z, _ = self.model(views[:2])
+            t = self.target(views[:2], z)
+        extra: dict[str, Any] = {}
+        if self.objective.corr is not None:
+            extra["corr"] = self.objective.corr.F
+        metrics = probe_diagnostics(z, t.pos, extra)
+        self.log.log(
+            self.step,
+            self.step / self.steps_per_epoch,
+            {f"diag/{k}": v for k, v in metrics.items()},
+        )
+
+    def _knn(self, epoch: int) -> dict[str, float]:
+        res = self.data.knn(self.model.encoder.backbone, self.cfg.knn_k, self.cfg.knn_t)
+        if not res:
+            return {}
+        out = {"knn_top1": res["top1"], "knn_top5": res["top5"]}
+        self.log.log(self.step, self.step / self.steps_per_epoch, out)
+        if dist.is_main():
+            tqdm.write(
+                f"epoch {epoch}: kNN top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}% "
+                f"({res['n_eval']} {self.cfg.eval_split} images, k={res['k']})"
+            )
+        return out
