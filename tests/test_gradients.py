@@ -184,3 +184,15 @@ def test_pairing_modes():
     assert pair_views(2, "asym") == [(0, [1])]
     assert pair_views(4, "asym2x") == [(0, [1]), (2, [3])]
     assert list(itertools.chain(*[p[1] for p in pair_views(3)])) == [1, 0, 0, 1]
+
+
+def test_moco_enqueues_keys_after_backward():
+    z, t = _views(n=6, c=8, seed=9)
+    obj = Objective("moco", "loss", dim=8, bank_size=10)
+    loss, _ = obj(z, TargetOut(pos=t, neg=t))
+    assert int(obj.bank.filled) == 0  # keys wait until backward has used the bank
+    loss.backward()
+    obj.after_step()
+    assert int(obj.bank.filled) == 10 and int(obj.bank.ptr) == 2  # 2 views x 6 keys, wrapped
+    loss2, _ = obj(z, TargetOut(pos=t, neg=t))
+    loss2.backward()  # the bank used by this loss is not modified before its backward

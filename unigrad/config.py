@@ -30,7 +30,7 @@ class Config:
     form: str | None = None  # loss | grad; None: the method's default
     variant: str | None = None  # gradient-form row (Table 2), e.g. f/g/h; None: default
     target: str | None = None  # shared | stopgrad | momentum | momentum_pos | snapshot
-    snapshot_every: int = 1  # steps between refreshes of the snapshot target
+    snapshot_every: int = 1  # steps between refreshes of the snapshot target; 0: every epoch
     symmetry: str = "sym"  # sym | asym | asym2x (SimSiam's ablation)
     lambd: float | None = None  # balance factor; None: Table 2 value (scaled with proj_dim)
     tau: float | None = None

@@ -115,6 +115,18 @@ class Objective(nn.Module):
             MemoryBank(int(hp["bank_size"]), dim) if self.form.sample_set == "bank" else None
         )
         self.corr = CorrelationEMA(dim, float(hp["rho"])) if self.form.sample_set == "ema" else None
+        self._pending: torch.Tensor | None = None
+
+    def after_step(self) -> None:
+        """Sample-set update that must wait until backward is done: enqueue this step's keys.
+
+        (The loss saved the bank for its backward; pushing earlier would overwrite it.) The
+        trainer calls this after the optimiser step; ``forward`` also calls it first, so a
+        forgotten call only delays the update.
+        """
+        if self._pending is not None:
+            self.bank.push(self._pending)
+            self._pending = None
 
     # ----------------------------------------------------------------------------- helpers
     def _norm(self, z: torch.Tensor) -> torch.Tensor:
@@ -175,6 +187,7 @@ class Objective(nn.Module):
         extra_views = len(online) > 2 and self.symmetry != "asym2x"
         if (mix is not None or extra_views) and self.method != "unigrad":
             raise ValueError("multi-crop and CutMix are implemented for unigrad only")
+        self.after_step()
         online = [_fp32(z) for z in online]
         targets = TargetOut([_fp32(t) for t in targets.pos], [_fp32(t) for t in targets.neg])
         pred = [_fp32(p) for p in pred] if pred is not None else None
@@ -200,7 +213,7 @@ class Objective(nn.Module):
             fn = L.byol_loss if m == "byol" else L.negative_cosine
             return torch.stack([fn(u[i], pos[i]) for i in u]).mean()
         if m == "moco":
-            negs = self.bank.negatives().clone()
+            negs = self.bank.negatives()
             if self.kind == "loss":
                 loss = torch.stack([L.info_nce(u[i], pos[i], negs, self.tau) for i in u]).mean()
             else:
@@ -208,7 +221,7 @@ class Objective(nn.Module):
                     u, {i: G.grad_infonce(u[i], pos[i], negs, self.tau) for i in u}
                 )
             keys = torch.cat([self._norm(t.detach()) for t in targets.neg])
-            self.bank.push(dist.gather_no_grad(keys))
+            self._pending = dist.gather_no_grad(keys)  # enqueued by after_step()
             return loss
         corr = self._corr_update(online, targets)
         if m == "unigrad":

@@ -139,7 +139,9 @@ class Trainer:
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.target_kind = cfg.target or self.spec.target
-        self.target = TargetBranch(self.target_kind, self.model.encoder, cfg.snapshot_every)
+        self.target = TargetBranch(
+            self.target_kind, self.model.encoder, cfg.snapshot_every or self.steps_per_epoch
+        )
         self.objective = Objective(
             cfg.method,
             cfg.form,
@@ -284,6 +286,7 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         self.target.update(self.model.encoder, float(self.momentum[self.step - 1]), self.step)
+        self.objective.after_step()
         stats["loss"] = loss.detach()
         return stats
 

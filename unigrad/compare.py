@@ -1,0 +1,225 @@
+"""``unigrad compare``: a grid of pretraining runs under one protocol, and the table they make.
+
+A grid file (``unigrad/grids/*.yaml``, or any user file of the same shape)::
+
+    name: table3
+    preset: cifar-quick          # base preset (a shipped name or a path)
+    base: {target: momentum}     # overrides shared by every run
+    seeds: [0, 1]
+    runs:                        # explicit runs (each a dict of config overrides, optional name)
+      - {name: b, method: simclr, form: grad, variant: b}
+    product:                     # optional cartesian product applied to every run
+      target: [stopgrad, momentum]
+
+Runs go one after another. A finished run (``RUN/result.json``) is skipped; an interrupted one
+(``RUN/last.ckpt``) is resumed. ``results.csv`` holds one row per run, ``results.md`` the mean
+± std over seeds in the shape of the paper's Table 2 / Table 3.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unigrad.config import build_config, load_yaml
+from unigrad.errors import UserError
+from unigrad.methods import get_method
+
+GRID_KEYS = {"name", "description", "preset", "base", "seeds", "runs", "product"}
+
+
+@dataclass
+class RunSpec:
+    name: str  # group name (without seed)
+    seed: int
+    overrides: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.name}-s{self.seed}"
+
+
+def grid_names() -> list[str]:
+    return sorted(
+        p.name[:-5] for p in resources.files("unigrad.grids").iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def load_grid(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UserError(f"grid file {path} does not exist")
+        text = path.read_text()
+    else:
+        res = resources.files("unigrad.grids") / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise UserError(
+                f"unknown grid {name_or_path!r}; shipped grids: "
+                f"{', '.join(grid_names())} (or pass a path to a .yaml file)"
+            )
+        text = res.read_text()
+    grid = yaml.safe_load(text) or {}
+    if not isinstance(grid, dict):
+        raise UserError(f"{name_or_path}: a grid file must be a mapping")
+    unknown = set(grid) - GRID_KEYS
+    if unknown:
+        raise UserError(
+            f"{name_or_path}: unknown grid keys {sorted(unknown)}; valid: {sorted(GRID_KEYS)}"
+        )
+    return grid
+
+
+def expand(grid: dict[str, Any]) -> list[RunSpec]:
+    """Runs x product x seeds, named ``<run name or values>-s<seed>``."""
+    runs = grid.get("runs") or [{}]
+    product = grid.get("product") or {}
+    keys = list(product)
+    combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*product.values())]
+    out = []
+    for run in runs:
+        run = dict(run)
+        base_name = run.pop("name", None)
+        for combo in combos:
+            overrides = {**run, **combo}
+            parts = [base_name] if base_name else [str(v) for v in run.values()]
+            parts += [str(v) for v in combo.values()]
+            name = "-".join(p for p in parts if p) or "run"
+            for seed in grid.get("seeds") or [0]:
+                out.append(RunSpec(name, int(seed), {**overrides, "seed": int(seed)}))
+    ids = [r.run_id for r in out]
+    if len(set(ids)) != len(ids):
+        raise UserError("grid produces duplicate run names; give each run a distinct `name`")
+    return out
+
+
+def run_configs(
+    grid: dict[str, Any], out: Path, data_args: dict[str, Any], extra: dict[str, Any]
+) -> list[tuple[RunSpec, Any]]:
+    """Resolve (and validate) every run's config before starting any."""
+    preset = load_yaml(grid["preset"]) if grid.get("preset") else {}
+    base = grid.get("base") or {}
+    cfgs = []
+    for spec in expand(grid):
+        layers = [preset, base, spec.overrides, data_args, extra, {"out": str(out / spec.run_id)}]
+        try:
+            cfgs.append((spec, build_config(*layers)))
+        except UserError as e:
+            raise UserError(f"run {spec.run_id}: {e}") from None
+    return cfgs
+
+
+def describe(cfg: Any) -> dict[str, Any]:
+    """Table 2 columns of a run's method."""
+    spec = get_method(cfg.method)
+    form = spec.form(cfg.form or spec.default_form, cfg.variant)
+    from unigrad.objective import Objective
+
+    lam = Objective(
+        cfg.method, cfg.form, cfg.variant, dim=cfg.proj_dim, lambd=cfg.lambd, bank_size=1
+    ).lambd
+    return {
+        "method": cfg.method,
+        "form": form.kind,
+        "row": form.row or ("-" if form.kind == "loss" else form.key),
+        "target": cfg.target or spec.target,
+        "norm": form.norm,
+        "pos_grad": form.pos_grad,
+        "balance": "dynamic"
+        if lam is None and cfg.method == "directpred"
+        else ("-" if lam is None else f"{lam:g}"),
+        "neg_grad": form.neg_grad,
+        "sample_set": form.sample_set,
+    }
+
+
+FIELDS = [
+    "run",
+    "group",
+    "seed",
+    "method",
+    "form",
+    "row",
+    "target",
+    "norm",
+    "pos_grad",
+    "balance",
+    "neg_grad",
+    "sample_set",
+    "knn_top1",
+    "knn_top5",
+    "linear_top1",
+    "linear_top5",
+    "final_pos_sim",
+    "final_channel_std",
+    "wall_s",
+]
+
+
+def write_results(out: Path, rows: list[dict[str, Any]], baseline: dict[str, float] | None) -> None:
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    (out / "results.md").write_text(results_markdown(rows, baseline))
+
+
+def _mean_std(vals: list[float]) -> str:
+    vals = [v for v in vals if v is not None and v == v]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.2f}"
+    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+
+def results_markdown(rows: list[dict[str, Any]], baseline: dict[str, float] | None) -> str:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    lines = [
+        "| run | method | form | row | target | norm | pos grad | balance | neg grad | set | "
+        "kNN top-1 | linear top-1 | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rs in groups.items():
+        r = rs[0]
+        knn = _mean_std([x.get("knn_top1") for x in rs])
+        lin = _mean_std([x.get("linear_top1") for x in rs])
+        lines.append(
+            f"| {name} | {r['method']} | {r['form']} | {r['row']} | {r['target']} | "
+            f"{r['norm']} | `{r['pos_grad']}` | {r['balance']} | `{r['neg_grad']}` | "
+            f"{r['sample_set']} | {knn} | {lin} | {len(rs)} |"
+        )
+    if baseline:
+        lines += [
+            "",
+            f"Random-init backbone: kNN top-1 {baseline.get('knn_top1', float('nan')):.2f}, "
+            f"linear top-1 {baseline.get('linear_top1', float('nan')):.2f}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def load_result(run_dir: Path) -> dict[str, Any] | None:
+    p = run_dir / "result.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def save_result(run_dir: Path, result: dict[str, Any]) -> None:
+    tmp = run_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(run_dir / "result.json")
+
+
+def timed(fn: Any, *args: Any, **kw: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    return fn(*args, **kw), time.perf_counter() - t
