@@ -163,6 +163,11 @@ def test_cache_round_trip_and_invalidation(folder, tmp_path, monkeypatch):
     os.utime(p, ns=(1, 1))
     changed = M.load_uint8(data=str(folder), cache_dir=cache)
     assert len(list(cache.iterdir())) == 2 and not torch.equal(changed.images, first.images)
+    for f in cache.iterdir():  # a damaged cache file is rebuilt, with a warning
+        f.write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="ignoring unreadable image cache"):
+        again = M.load_uint8(data=str(folder), cache_dir=cache)
+    assert torch.equal(again.images, changed.images)
 
 
 def test_cached_bad_file_still_fails_in_fail_mode(folder, tmp_path):
@@ -180,6 +185,21 @@ def test_fits_in_memory_and_auto_pipeline(folder):
     assert M.choose_pipeline("auto", 45000, 32, 32) == "fast"
     assert M.choose_pipeline("auto", 10**9, 224, 224) == "standard"
     assert M.choose_pipeline("standard", 10, 32, 32) == "standard"
+
+
+def test_torchvision_sets_load_channels_first(monkeypatch):
+    class FakeCifar:
+        def __init__(self, root, train, download, transform):
+            n = 5 if train else 2
+            self.data = np.arange(n * 4 * 4 * 3, dtype=np.uint8).reshape(n, 4, 4, 3)
+            self.targets, self.classes = list(range(n)), ["a", "b", "c", "d", "e"]
+
+    monkeypatch.setattr(D.datasets, "CIFAR10", FakeCifar)
+    images, labels, classes = M.load_uint8(dataset="cifar10")
+    ref = torch.from_numpy(FakeCifar("", True, False, None).data)
+    assert images.shape == (5, 3, 4, 4) and torch.equal(images, ref.permute(0, 3, 1, 2))
+    assert labels.dtype == torch.int64 and labels.tolist() == [0, 1, 2, 3, 4] and len(classes) == 5
+    assert M.load_uint8(dataset="cifar10", split="val").images.shape[0] == 2
 
 
 @pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="shared CIFAR-10 folder not present")

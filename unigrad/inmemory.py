@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -93,11 +94,12 @@ def load_uint8(
     """Decode every image of a split once into one uint8 tensor (for data that fits in memory).
 
     All images get one common size: ``size`` x ``size`` if given, else the most frequent size in
-    the split; an image of another size is resized (shorter side, antialiased) and centre-cropped
-    to it, with one warning giving the count. A folder's tensor is cached in
-    ``cache_dir/<folder>-<key>.pt`` (default :func:`default_cache_dir`), the key hashing the
-    folder path, ``size`` and every file's relative path, byte size and mtime, so any change to
-    the files rebuilds it. torchvision sets are arrays already and are not cached.
+    the split; an image of another size is resized to cover it (antialiased) and centre-cropped,
+    with one warning giving the count. A folder's tensor is cached in
+    ``cache_dir/<parent>-<split>-<key>.pt`` (default :func:`default_cache_dir`), written
+    atomically; the key hashes the folder path, ``size`` and every file's path, label, byte size
+    and mtime, so any change to the files rebuilds it (an unreadable cache file is rebuilt too).
+    torchvision sets are arrays already and are not cached.
 
     Args:
         data, dataset, split, root, download, bad_images: as in :func:`open_split`.
@@ -111,12 +113,14 @@ def load_uint8(
         arr = torch.from_numpy(np.asarray(ds.data))
         images = arr if dataset == "stl10" else arr.permute(0, 3, 1, 2)
         labels = torch.as_tensor(np.asarray(ds.labels if dataset == "stl10" else ds.targets))
-        images, n_resized = _common_size(list(images), size)
-        return Uint8Split(images, labels.long(), list(ds.classes), [], n_resized)
+        n_resized = 0
+        if size and tuple(images.shape[-2:]) != (size, size):
+            images, n_resized = _common_size(list(images), size)
+        return Uint8Split(images.contiguous(), labels.long(), list(ds.classes), [], n_resized)
     folder = SafeImageFolder(str(split_dir(data, split)), bad_images=bad_images)
     path = _cache_path(Path(folder.root), folder.samples, size, cache_dir)
-    if use_cache and path.is_file():
-        out = Uint8Split(**torch.load(path, weights_only=True))
+    out = _read_cache(path) if use_cache else None
+    if out is not None:
         if bad_images == "fail" and out.skipped:
             raise bad_image_error(out.skipped[0], _decode_error(out.skipped[0]))
         return out
@@ -135,6 +139,16 @@ def _cache_path(
         h.update(f"|{p}:{target}:{st.st_size}:{st.st_mtime_ns}".encode())
     name = f"{folder.resolve().parent.name}-{folder.name}-{h.hexdigest()[:20]}.pt"
     return Path(cache_dir or default_cache_dir()) / name
+
+
+def _read_cache(path: Path) -> Uint8Split | None:
+    if not path.is_file():
+        return None
+    try:
+        return Uint8Split(**torch.load(path, weights_only=True))
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, TypeError) as e:
+        warnings.warn(f"ignoring unreadable image cache {path} ({e}); rebuilding", stacklevel=3)
+        return None
 
 
 def _decode(path: str) -> torch.Tensor:
