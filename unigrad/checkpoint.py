@@ -35,7 +35,7 @@ def _crc(obj: Any, crc: int = 0) -> int:
     """CRC-32 over a nested structure of tensors, containers and scalars (deterministic order)."""
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
-        data = t.view(torch.uint8) if t.numel() else t
+        data = t.reshape(-1).view(torch.uint8) if t.numel() else t
         crc = zlib.crc32(str((t.dtype, tuple(t.shape))).encode(), crc)
         return zlib.crc32(data.numpy().tobytes() if t.numel() else b"", crc)
     if isinstance(obj, dict):

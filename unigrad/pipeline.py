@@ -21,16 +21,30 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from unigrad import augment, data, dist
+from unigrad import augment, data, dist, inmemory
 from unigrad.config import Config
-
-_MIX = 0x9E3779B97F4A7C15
 
 
 def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
     """A CPU generator whose state is a pure function of (seed, step, rank, salt)."""
-    key = (seed * _MIX + step * 1_000_003 + dist.rank() * 7919 + salt * 104_729) % (2**63 - 1)
-    return torch.Generator().manual_seed(key)
+    return torch.Generator().manual_seed(data.mix_seed(seed, step, dist.rank(), salt))
+
+
+def has_split(source: dict[str, Any], split: str) -> bool:
+    """Folders: the split's directory exists; torchvision sets: train and val/test exist."""
+    if source["data"] is not None:
+        return split in data.available_splits(source["data"])
+    return split in ("train", "val", "test")
+
+
+def normalize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Evaluation view of an in-memory split: [N, 3, H, W] uint8 -> normalised float, size^2."""
+    x = images.float().div_(255)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    mean = torch.tensor(data.MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(data.STD).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 class TrainData:
@@ -69,16 +83,16 @@ def _knn(
 class FastData(TrainData):
     def __init__(self, cfg: Config, device: torch.device, source: dict[str, Any]) -> None:
         self.cfg, self.device = cfg, device
-        self.images, self.labels, _ = data.load_uint8(
+        self.images, self.labels, _ = inmemory.load_uint8(
             split=cfg.train_split, **source, bad_images=cfg.bad_images
         )
         self.spec = augment.AugmentSpec.from_config(cfg)
-        self.aug = augment.FastAugment(self.spec)
-        self.n_views = self.spec.n_views
+        self.aug = augment.FastAugment(self.spec, channels_last=cfg.channels_last)
+        self.n_views = len(self.spec.views())
         self.batch = cfg.batch_size
         self.steps_per_epoch = len(self.images) // cfg.batch_size
         if self.steps_per_epoch < 1:
-            raise data.UserError(
+            raise UserError(
                 f"batch_size {cfg.batch_size} is larger than the training split "
                 f"({len(self.images)} images); lower --batch-size"
             )
@@ -86,10 +100,7 @@ class FastData(TrainData):
         self._probe: list[torch.Tensor] | None = None
 
     def _views(self, x: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
-        views = self.aug(x.to(self.device, non_blocking=True), gen)
-        if self.cfg.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        return views
+        return self.aug(x.to(self.device, non_blocking=True), gen)
 
     def epoch(self, epoch, start, gen_for_step):
         sampler = data.EpochSampler(
@@ -111,12 +122,13 @@ class FastData(TrainData):
         return self._probe
 
     def _eval_loader(self, images: torch.Tensor, labels: torch.Tensor) -> DataLoader:
-        return DataLoader(TensorDataset(augment.to_float(images), labels), batch_size=512)
+        x = normalize_uint8(images, self.spec.image_size)
+        return DataLoader(TensorDataset(x, labels), batch_size=512)
 
     def knn(self, backbone, k, t):
-        if self.cfg.eval_split not in data.split_names(**self.source):
+        if not has_split(self.source, self.cfg.eval_split):
             return {}
-        ev_x, ev_y, _ = data.load_uint8(
+        ev_x, ev_y, _ = inmemory.load_uint8(
             split=self.cfg.eval_split, **self.source, bad_images=self.cfg.bad_images
         )
         return _knn(
@@ -135,10 +147,10 @@ class LoaderData(TrainData):
         self.spec = augment.AugmentSpec.from_config(cfg)
         base = data.open_split(split=cfg.train_split, **source, bad_images=cfg.bad_images)
         self.dataset = augment.ViewsDataset(base, self.spec, cfg.seed)
-        self.n_views = self.spec.n_views
+        self.n_views = len(self.spec.views())
         self.steps_per_epoch = len(self.dataset) // cfg.batch_size
         if self.steps_per_epoch < 1:
-            raise data.UserError(
+            raise UserError(
                 f"batch_size {cfg.batch_size} is larger than the training split "
                 f"({len(self.dataset)} images); lower --batch-size"
             )
@@ -181,7 +193,7 @@ class LoaderData(TrainData):
         return self._probe
 
     def knn(self, backbone, k, t):
-        if self.cfg.eval_split not in data.split_names(**self.source):
+        if not has_split(self.source, self.cfg.eval_split):
             return {}
         tf = data.eval_transform(self.spec.image_size)
 
@@ -198,8 +210,10 @@ class LoaderData(TrainData):
 
 def build_train_data(cfg: Config, device: torch.device) -> TrainData:
     """Pick the pipeline (``auto``: fast when the training split fits in memory)."""
-    source = data.resolve_source(cfg.data, cfg.dataset, cfg.fallback_dataset, cfg.download)
+    folder, name = data.resolve_source(cfg.data, cfg.dataset, cfg.fallback_dataset, cfg.download)
+    source = {"data": folder, "dataset": name}
     pipeline = cfg.pipeline
     if pipeline == "auto":
-        pipeline = "fast" if data.fits_in_memory(split=cfg.train_split, **source) else "standard"
+        n, h, w = inmemory.split_shape(split=cfg.train_split, **source)
+        pipeline = inmemory.choose_pipeline(pipeline, n, h, w)
     return (FastData if pipeline == "fast" else LoaderData)(cfg, device, source)

@@ -194,15 +194,15 @@ class Trainer:
         self._stop_signal: int | None = None
 
         self.log = RunLog(self.out, cfg.tensorboard)
-        if resume:
-            self._resume()
-        elif dist.is_main():
-            if (self.out / "last.ckpt").exists():
+        if not (resume and self._resume()):
+            if not resume and ckpt.candidates(self.out):
                 raise UserError(
-                    f"{self.out} already holds a run (last.ckpt); pass --resume to "
-                    "continue it or choose another --out"
+                    f"{self.out} already holds a run (*.ckpt); pass --resume to continue it or "
+                    "choose another --out"
                 )
-            save_config(cfg, self.out / "config.yaml")
+            self.log.truncate_after(0)
+            if dist.is_main():
+                save_config(cfg, self.out / "config.yaml")
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -238,10 +238,13 @@ class Trainer:
         dist.barrier()
         return path
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
+        """Load the newest good checkpoint; False (fresh start) when there is none yet."""
         found = ckpt.latest_good(self.out, warn=lambda m: print(m) if dist.is_main() else None)
         if found is None:
-            raise UserError(f"--resume: no usable checkpoint in {self.out}; start without --resume")
+            if dist.is_main():
+                print(f"--resume: no checkpoint in {self.out} yet; starting from scratch")
+            return False
         path, state = found
         old = state.get("config", {})
         diff = [
@@ -261,6 +264,7 @@ class Trainer:
         self.log.truncate_after(self.step)
         if dist.is_main():
             print(f"resumed from {path} at step {self.step}")
+        return True
 
     # ------------------------------------------------------------------ one step
     def train_step(
