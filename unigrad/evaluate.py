@@ -87,7 +87,7 @@ def load_backbone(
     if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("model"), dict):
         raise UserError(
             f"{ckpt_path} has no 'config' and 'model' entries (it has: {', '.join(ckpt)}); "
-            "pass a checkpoint written by `unigrad train`"
+            "pass a checkpoint written by `unigrad pretrain`"
         )
     cfg = {**to_dict(Config()), **ckpt["config"]}
     state = ckpt["model"]

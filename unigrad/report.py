@@ -100,7 +100,7 @@ def read_metrics(path: Path) -> tuple[dict[str, Series], int]:
         if not {"step", "name", "value"} <= set(reader.fieldnames or ()):
             raise UserError(
                 f"{path} is not a metrics file: its header is {reader.fieldnames}, expected "
-                "step,epoch,name,value (written by `unigrad train`)"
+                "step,epoch,name,value (written by `unigrad pretrain`)"
             )
         for row in reader:
             try:
@@ -115,7 +115,7 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not (path / METRICS_FILE).is_file():
         raise UserError(
-            f"{path / METRICS_FILE} not found: pass run folders written by `unigrad train` "
+            f"{path / METRICS_FILE} not found: pass run folders written by `unigrad pretrain` "
             f"(they hold {METRICS_FILE} and config.yaml)"
         )
     metrics, bad = read_metrics(path / METRICS_FILE)

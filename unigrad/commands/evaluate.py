@@ -27,7 +27,7 @@ def _positive(kind: type) -> Any:
 
 
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("ckpt", help="pretraining checkpoint written by `unigrad train`")
+    p.add_argument("ckpt", help="pretraining checkpoint written by `unigrad pretrain`")
     p.add_argument("--data", help="ImageFolder root with train/ and val/ (default: checkpoint's)")
     p.add_argument("--dataset", choices=TORCHVISION, help="a torchvision dataset instead of --data")
     p.add_argument("--data-root", default="data", help="where --dataset is stored")
@@ -95,14 +95,17 @@ class Session:
             )
         return train, test, len(a) if a is not None else 0
 
-    def loader(self, ds: Any, shuffle: bool = False, drop_last: bool = False) -> Any:
+    def loader(self, ds: Any, train: bool = False) -> Any:
+        """Batches in order; ``train``: shuffled, and a last batch of 1 image (which batch
+        norm in train mode cannot take) dropped."""
         from torch.utils.data import DataLoader
 
         return DataLoader(
             ds,
-            batch_size=min(self.args.batch_size, len(ds)) if drop_last else self.args.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
+            batch_size=self.args.batch_size,
+            shuffle=train,
+            drop_last=train and len(ds) % self.args.batch_size == 1,
+            persistent_workers=train and self.args.workers > 0,  # epochs reuse the processes
             num_workers=self.args.workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -172,7 +175,7 @@ def _linear(p: argparse.ArgumentParser) -> None:
             train, test, classes = s.splits(train_transform(s.image_size))
             head = train_linear_augmented(
                 s.backbone,
-                s.loader(train, shuffle=True, drop_last=True),
+                s.loader(train, train=True),
                 classes,
                 s.device,
                 progress=s.progress,
@@ -195,21 +198,21 @@ def _linear(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def _subset_file(a: argparse.Namespace) -> Path:
+def _subset_file(a: argparse.Namespace, fraction: float) -> Path:
     if a.out:
         return Path(a.out)
-    return Path(a.ckpt).parent / f"semisup-{a.fraction * 100:g}pct-seed{a.seed}.json"
+    return Path(a.ckpt).parent / f"semisup-{fraction * 100:.3g}pct-seed{a.seed}.json"
 
 
 @command("semisup", "semi-supervised: fine-tune backbone + linear head on a label fraction")
 def _semisup(p: argparse.ArgumentParser) -> None:
     _checkpoint_args(p)
-    p.add_argument("--fraction", type=float, required=True, help="labelled share, e.g. 0.01, 0.1")
+    p.add_argument("--fraction", type=float, help="labelled share in (0, 1], e.g. 0.01 or 0.1")
     p.add_argument("--epochs", type=_positive(int), help="default: 60 below 10%%, else 30")
     p.add_argument("--lr", type=_positive(float), default=0.01, help="backbone lr")
     p.add_argument("--head-lr", type=_positive(float), default=0.1)
     p.add_argument("--seed", type=int, default=0, help="seed of the label subset and training")
-    p.add_argument("--indices", help="reuse the subset of an earlier run's JSON file")
+    p.add_argument("--indices", help="reuse the subset of an earlier run's JSON (no --fraction)")
     p.add_argument(
         "--out", help="JSON file for the subset's indices and the result (default: beside CKPT)"
     )
@@ -221,27 +224,33 @@ def _semisup(p: argparse.ArgumentParser) -> None:
         from unigrad.classifier import class_balanced_subset, finetune, train_transform
         from unigrad.evaluate import accuracy, extract_features
 
-        if not 0 < a.fraction <= 1:
+        if (a.fraction is None) == (a.indices is None):
+            raise UserError("pass --fraction (e.g. 0.01 for 1% of the labels) or --indices FILE")
+        if a.fraction is not None and not 0 < a.fraction <= 1:
             raise UserError(f"--fraction must be in (0, 1], got {a.fraction} (e.g. 0.01 for 1%)")
         torch.manual_seed(a.seed)
         s = Session(a)
         train, test, classes = s.splits(train_transform(s.image_size))
-        labels = torch.as_tensor(getattr(train, "targets", None) or train.labels)
-        idx = _load_indices(a.indices, len(train)) if a.indices else None
-        idx = idx or class_balanced_subset(labels, a.fraction, a.seed)
+        targets = getattr(train, "targets", None)  # ImageFolder, CIFAR; STL10 has .labels
+        labels = torch.as_tensor(targets if targets is not None else train.labels)
+        if a.indices:
+            idx = _load_indices(a.indices, len(train))
+        else:
+            idx = class_balanced_subset(labels, a.fraction, a.seed)
         if len(idx) < 2:
             raise UserError(f"the label subset has {len(idx)} image; raise --fraction")
-        out = _subset_file(a)
-        record: dict[str, Any] = {"fraction": a.fraction, "seed": a.seed, "indices": idx}
+        fraction = a.fraction or len(idx) / len(train)
+        out = _subset_file(a, fraction)
+        record: dict[str, Any] = {"fraction": fraction, "seed": a.seed, "indices": idx}
         if hasattr(train, "samples"):
             root = Path(train.root)
             record["files"] = [str(Path(train.samples[i][0]).relative_to(root)) for i in idx]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record))
-        epochs = a.epochs or (60 if a.fraction < 0.1 else 30)
+        epochs = a.epochs or (60 if fraction < 0.1 else 30)
         model = finetune(
             s.backbone,
-            s.loader(Subset(train, idx), shuffle=True, drop_last=True),
+            s.loader(Subset(train, idx), train=True),
             classes or int(labels.max()) + 1,
             s.device,
             epochs=epochs,
@@ -251,9 +260,9 @@ def _semisup(p: argparse.ArgumentParser) -> None:
         )
         logits, q_y = extract_features(model, s.loader(test), s.device, progress=s.progress)
         r = {**accuracy(logits, q_y), "n_train": len(idx), "n_eval": len(q_y)}
-        r.update(fraction=a.fraction, epochs=epochs, indices_file=str(out))
+        r.update(fraction=fraction, epochs=epochs, indices_file=str(out))
         out.write_text(json.dumps({**record, "result": r}))
-        s.emit(r, _summary(f"fine-tuned on {a.fraction:.0%} labels", r, a.split))
+        s.emit(r, _summary(f"fine-tuned on {fraction * 100:.3g}% of the labels", r, a.split))
         return 0
 
     p.set_defaults(func=run)
@@ -285,15 +294,19 @@ def _report(p: argparse.ArgumentParser) -> None:
 
 @command("export", "write the online backbone's state_dict (torchvision-loadable when possible)")
 def _export(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Write the online backbone of CKPT as a plain state_dict. For resnet18/resnet50 at "
-        "width 1 without the CIFAR stem it loads strictly into torchvision: "
-        "m = torchvision.models.resnet18(); m.fc = torch.nn.Identity(); "
-        "m.load_state_dict(torch.load(path, weights_only=True), strict=True). Other "
-        "configurations load into unigrad.networks.build_model(<checkpoint config>)"
-        ".encoder.backbone."
-    )
-    p.add_argument("ckpt", help="pretraining checkpoint written by `unigrad train`")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = """\
+Write the online backbone of CKPT as a plain state_dict (atomically).
+
+For resnet18 / resnet50 at width 1 without the CIFAR stem it loads strictly into torchvision:
+
+    m = torchvision.models.resnet18()
+    m.fc = torch.nn.Identity()
+    m.load_state_dict(torch.load("backbone.pth", weights_only=True), strict=True)
+
+Other configurations (width != 1, CIFAR stem, ViT) are not torchvision-compatible: load the file
+into unigrad.networks.build_model(<the checkpoint's config>).encoder.backbone."""
+    p.add_argument("ckpt", help="pretraining checkpoint written by `unigrad pretrain`")
     p.add_argument("--out", help="output .pth (default: CKPT with suffix .backbone.pth)")
 
     def run(a: argparse.Namespace) -> int:
