@@ -1,0 +1,333 @@
+"""Evaluation commands: ``knn``, ``linear``, ``semisup`` (of a checkpoint), ``report`` (of runs)
+and ``export`` (the backbone as a plain state_dict)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from unigrad.cli import command
+from unigrad.data import SPLITS, TORCHVISION
+from unigrad.errors import UserError
+
+JSON_HELP = "print one JSON object: top1, top5 (percent), n_train, n_eval, ..."
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        v = kind(text)
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+
+    return parse
+
+
+def _checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ckpt", help="pretraining checkpoint written by `unigrad pretrain`")
+    p.add_argument("--data", help="ImageFolder root with train/ and val/ (default: checkpoint's)")
+    p.add_argument("--dataset", choices=TORCHVISION, help="a torchvision dataset instead of --data")
+    p.add_argument("--data-root", default="data", help="where --dataset is stored")
+    p.add_argument("--download", action="store_true", help="download --dataset if missing")
+    p.add_argument("--split", default="val", choices=SPLITS, help="split to evaluate on")
+    p.add_argument("--train-split", default="train", choices=SPLITS, help="labelled split")
+    p.add_argument("--image-size", type=_positive(int), help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=_positive(int), default=256)
+    p.add_argument("--workers", type=int, default=2, help="data loading processes")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes on stderr")
+
+
+class Session:
+    """What every checkpoint command needs: the backbone, its config, the data, the device."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        from unigrad.evaluate import load_backbone, select_device
+
+        self.args = a
+        self.device = select_device(a.device)
+        self.backbone, self.cfg = load_backbone(a.ckpt, self.device)
+        self.image_size = a.image_size or int(self.cfg["image_size"])
+        self.progress = False if a.quiet else None
+        if a.data and a.dataset:
+            raise UserError("pass either --data DIR or --dataset NAME, not both")
+        self.data = a.data or (None if a.dataset else self.cfg.get("data"))
+        self.dataset = a.dataset or (None if a.data else self.cfg.get("dataset"))
+        if not self.data and not self.dataset:
+            raise UserError(
+                f"{a.ckpt} does not name its data: pass --data DIR (ImageFolder with train/ "
+                f"and val/) or --dataset {'|'.join(TORCHVISION)}"
+            )
+
+    def note(self, text: str) -> None:
+        if not self.args.quiet:
+            print(f"note: {text}", file=sys.stderr)
+
+    def split(self, name: str, transform: Any) -> Any:
+        from unigrad.data import open_split
+
+        return open_split(
+            data=self.data,
+            dataset=self.dataset,
+            split=name,
+            download=self.args.download,
+            transform=transform,
+            root=self.args.data_root,
+        )
+
+    def splits(self, train_transform: Any = None) -> tuple[Any, Any, int]:
+        """(train set, eval set, number of classes); eval transform unless given for train."""
+        from unigrad.data import eval_transform
+
+        ev = eval_transform(self.image_size)
+        train = self.split(self.args.train_split, train_transform or ev)
+        test = self.split(self.args.split, ev)
+        a, b = getattr(train, "classes", None), getattr(test, "classes", None)
+        if a is not None and b is not None and list(a) != list(b):
+            raise UserError(
+                f"the {self.args.train_split} and {self.args.split} splits have different "
+                f"classes ({len(a)} vs {len(b)}: {sorted(set(a) ^ set(b))[:5]}); "
+                "their class folders must match"
+            )
+        return train, test, len(a) if a is not None else 0
+
+    def loader(self, ds: Any, train: bool = False) -> Any:
+        """Batches in order; ``train``: shuffled, and a last batch of 1 image (which batch
+        norm in train mode cannot take) dropped."""
+        from torch.utils.data import DataLoader
+
+        return DataLoader(
+            ds,
+            batch_size=self.args.batch_size,
+            shuffle=train,
+            drop_last=train and len(ds) % self.args.batch_size == 1,
+            persistent_workers=train and self.args.workers > 0,  # epochs reuse the processes
+            num_workers=self.args.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def features(self, ds: Any) -> tuple[Any, Any]:
+        from unigrad.evaluate import extract_features
+
+        return extract_features(self.backbone, self.loader(ds), self.device, progress=self.progress)
+
+    def emit(self, result: dict[str, Any], text: str) -> None:
+        print(json.dumps(result) if self.args.json else text)
+
+
+def _summary(name: str, r: dict[str, Any], split: str) -> str:
+    return (
+        f"{name} on {split}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  "
+        f"({r['n_train']} train / {r['n_eval']} eval images)"
+    )
+
+
+@command("knn", "kNN accuracy of a checkpoint's backbone (cosine, exp(sim/t)-weighted votes)")
+def _knn(p: argparse.ArgumentParser) -> None:
+    _checkpoint_args(p)
+    p.add_argument("--k", type=_positive(int), default=200, help="neighbours (clamped to bank)")
+    p.add_argument("--temperature", type=_positive(float), default=0.1)
+
+    def run(a: argparse.Namespace) -> int:
+        from unigrad.evaluate import knn_eval
+
+        s = Session(a)
+        train, test, classes = s.splits()
+        bank, bank_y = s.features(train)
+        q, q_y = s.features(test)
+        r = knn_eval(bank, bank_y, q, q_y, a.k, a.temperature, num_classes=classes or None)
+        if r["k"] < a.k:
+            s.note(f"k={a.k} is more than the {r['n_train']} training images; used k={r['k']}")
+        s.emit(r, _summary(f"kNN (k={r['k']}, t={a.temperature})", r, a.split))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+@command("linear", "linear probe: frozen backbone + linear classifier, top-1/top-5")
+def _linear(p: argparse.ArgumentParser) -> None:
+    _checkpoint_args(p)
+    p.add_argument("--epochs", type=_positive(int), default=90)
+    p.add_argument("--lr", type=_positive(float), default=0.1, help="SGD lr (cosine to 0)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="standard protocol: random-resized-crop + flip every epoch through the frozen "
+        "backbone (slow); default: features extracted once, no augmentation (fast)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+    def run(a: argparse.Namespace) -> int:
+        import torch
+
+        from unigrad.classifier import train_linear, train_linear_augmented, train_transform
+        from unigrad.evaluate import accuracy
+
+        torch.manual_seed(a.seed)
+        s = Session(a)
+        kw = {"epochs": a.epochs, "lr": a.lr, "weight_decay": a.weight_decay}
+        if a.augment:
+            train, test, classes = s.splits(train_transform(s.image_size))
+            head = train_linear_augmented(
+                s.backbone,
+                s.loader(train, train=True),
+                classes,
+                s.device,
+                progress=s.progress,
+                **kw,
+            )
+            n_train = len(train)
+        else:
+            train, test, classes = s.splits()
+            f, y = s.features(train)
+            classes = classes or int(y.max()) + 1
+            head = train_linear(f, y, classes, seed=a.seed, progress=s.progress, **kw)
+            n_train = f.shape[0]
+        q, q_y = s.features(test)
+        with torch.no_grad():
+            r = {**accuracy(head(q), q_y), "n_train": n_train, "n_eval": q.shape[0]}
+        r.update(epochs=a.epochs, augment=a.augment)
+        s.emit(r, _summary(f"linear probe ({a.epochs} epochs)", r, a.split))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _subset_file(a: argparse.Namespace, fraction: float) -> Path:
+    if a.out:
+        return Path(a.out)
+    return Path(a.ckpt).parent / f"semisup-{fraction * 100:.3g}pct-seed{a.seed}.json"
+
+
+@command("semisup", "semi-supervised: fine-tune backbone + linear head on a label fraction")
+def _semisup(p: argparse.ArgumentParser) -> None:
+    _checkpoint_args(p)
+    p.add_argument("--fraction", type=float, help="labelled share in (0, 1], e.g. 0.01 or 0.1")
+    p.add_argument("--epochs", type=_positive(int), help="default: 60 below 10%%, else 30")
+    p.add_argument("--lr", type=_positive(float), default=0.01, help="backbone lr")
+    p.add_argument("--head-lr", type=_positive(float), default=0.1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the label subset and training")
+    p.add_argument("--indices", help="reuse the subset of an earlier run's JSON (no --fraction)")
+    p.add_argument(
+        "--out", help="JSON file for the subset's indices and the result (default: beside CKPT)"
+    )
+
+    def run(a: argparse.Namespace) -> int:
+        import torch
+        from torch.utils.data import Subset
+
+        from unigrad.classifier import class_balanced_subset, finetune, train_transform
+        from unigrad.evaluate import accuracy, extract_features
+
+        if (a.fraction is None) == (a.indices is None):
+            raise UserError("pass --fraction (e.g. 0.01 for 1% of the labels) or --indices FILE")
+        if a.fraction is not None and not 0 < a.fraction <= 1:
+            raise UserError(f"--fraction must be in (0, 1], got {a.fraction} (e.g. 0.01 for 1%)")
+        torch.manual_seed(a.seed)
+        s = Session(a)
+        train, test, classes = s.splits(train_transform(s.image_size))
+        targets = getattr(train, "targets", None)  # ImageFolder, CIFAR; STL10 has .labels
+        labels = torch.as_tensor(targets if targets is not None else train.labels)
+        if a.indices:
+            idx = _load_indices(a.indices, len(train))
+        else:
+            idx = class_balanced_subset(labels, a.fraction, a.seed)
+        if len(idx) < 2:
+            raise UserError(f"the label subset has {len(idx)} image; raise --fraction")
+        fraction = a.fraction or len(idx) / len(train)
+        out = _subset_file(a, fraction)
+        record: dict[str, Any] = {"fraction": fraction, "seed": a.seed, "indices": idx}
+        if hasattr(train, "samples"):
+            root = Path(train.root)
+            record["files"] = [str(Path(train.samples[i][0]).relative_to(root)) for i in idx]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record))
+        epochs = a.epochs or (60 if fraction < 0.1 else 30)
+        model = finetune(
+            s.backbone,
+            s.loader(Subset(train, idx), train=True),
+            classes or int(labels.max()) + 1,
+            s.device,
+            epochs=epochs,
+            lr=a.lr,
+            head_lr=a.head_lr,
+            progress=s.progress,
+        )
+        logits, q_y = extract_features(model, s.loader(test), s.device, progress=s.progress)
+        r = {**accuracy(logits, q_y), "n_train": len(idx), "n_eval": len(q_y)}
+        r.update(fraction=fraction, epochs=epochs, indices_file=str(out))
+        out.write_text(json.dumps({**record, "result": r}))
+        s.emit(r, _summary(f"fine-tuned on {fraction * 100:.3g}% of the labels", r, a.split))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _load_indices(path: str, n: int) -> list[int]:
+    try:
+        idx = json.loads(Path(path).read_text())["indices"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--indices {path}: not a subset file written by semisup ({e})") from None
+    if not idx or not all(isinstance(i, int) and 0 <= i < n for i in idx):
+        raise UserError(f"--indices {path}: indices must be integers in [0, {n}) for this split")
+    return idx
+
+
+@command("report", "plots (PNG) and report.md of one or more runs, overlaid like paper fig. 2")
+def _report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with metrics.csv)")
+    p.add_argument("--out", help="output folder (default for one run: RUN/report)")
+
+    def run(a: argparse.Namespace) -> int:
+        from unigrad.report import write_report
+
+        print(write_report(a.runs, a.out))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+@command("export", "write the online backbone's state_dict (torchvision-loadable when possible)")
+def _export(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = """\
+Write the online backbone of CKPT as a plain state_dict (atomically).
+
+For resnet18 / resnet50 at width 1 without the CIFAR stem it loads strictly into torchvision:
+
+    m = torchvision.models.resnet18()
+    m.fc = torch.nn.Identity()
+    m.load_state_dict(torch.load("backbone.pth", weights_only=True), strict=True)
+
+Other configurations (width != 1, CIFAR stem, ViT) are not torchvision-compatible: load the file
+into unigrad.networks.build_model(<the checkpoint's config>).encoder.backbone."""
+    p.add_argument("ckpt", help="pretraining checkpoint written by `unigrad pretrain`")
+    p.add_argument("--out", help="output .pth (default: CKPT with suffix .backbone.pth)")
+
+    def run(a: argparse.Namespace) -> int:
+        from unigrad.export import export_backbone
+
+        out = a.out or str(Path(a.ckpt).with_suffix(".backbone.pth"))
+        info = export_backbone(a.ckpt, out)
+        print(f"wrote {info.path} ({info.n_tensors} tensors)")
+        c = info.config
+        if info.torchvision_model:
+            print(
+                f"loads with strict=True into torchvision.models.{info.torchvision_model}() "
+                "with fc = torch.nn.Identity()"
+            )
+        else:
+            print(
+                f"not torchvision-compatible (backbone={c['backbone']} width={c['width']} "
+                f"cifar_stem={c['cifar_stem']}): load it into unigrad.networks.build_model("
+                f"{c['backbone']!r}, width={c['width']}, cifar_stem={c['cifar_stem']})"
+                ".encoder.backbone"
+            )
+        return 0
+
+    p.set_defaults(func=run)
