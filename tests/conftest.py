@@ -17,7 +17,9 @@ def float64():
     torch.set_default_dtype(old)
 
 
-def make_image_folder(root: Path, splits=("train", "val"), classes=3, per_class=16, size=16, seed=0):
+def make_image_folder(
+    root: Path, splits=("train", "val"), classes=3, per_class=16, size=16, seed=0
+):
     """A tiny ImageFolder of random RGB PNGs: ROOT/<split>/c<k>/<i>.png."""
     import numpy as np
     from PIL import Image

@@ -33,23 +33,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def crc_of_0dim_tensors(monkeypatch):
-    """checkpoint._crc fails on 0-dim tensors (BN's num_batches_tracked) in the core as of
-    6124864: hash them as 1-element tensors. A no-op once the core handles them."""
-    try:
-        checkpoint._crc(torch.tensor(0))
-    except RuntimeError:
-        crc = checkpoint._crc
-        monkeypatch.setattr(
-            checkpoint,
-            "_crc",
-            lambda o, c=0: crc(
-                o.reshape(1) if isinstance(o, torch.Tensor) and o.dim() == 0 else o, c
-            ),
-        )
-
-
 def tiny_checkpoint(path: Path, predictor: bool = False, **overrides) -> Path:
     cfg = {**TINY, **overrides}
     keys = ("backbone", "width", "cifar_stem", "proj_depth", "proj_dim", "image_size")

@@ -16,19 +16,38 @@ from conftest import TINY
 
 from unigrad.checkpoint import CheckpointError, latest_good, load_checkpoint, save_checkpoint
 
-KILL_CFG = {**TINY, "epochs": 4, "ckpt_every": 1, "deterministic": True, "diag_every": 3, "log_every": 1}
+KILL_CFG = {
+    **TINY,
+    "epochs": 4,
+    "ckpt_every": 1,
+    "deterministic": True,
+    "diag_every": 3,
+    "log_every": 1,
+}
 
 
 def _cmd(cfg_file: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "unigrad", "pretrain", "--config", str(cfg_file), "--out", str(out),
-            "--resume", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "unigrad",
+        "pretrain",
+        "--config",
+        str(cfg_file),
+        "--out",
+        str(out),
+        "--resume",
+        "--quiet",
+    ]
 
 
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
 
 
-def run_with_kills(cfg_file: Path, out: Path, kills: int, seed: int = 0, timeout: float = 600) -> list[int]:
+def run_with_kills(
+    cfg_file: Path, out: Path, kills: int, seed: int = 0, timeout: float = 600
+) -> list[int]:
     """Start/resume the run, SIGKILL it ``kills`` times at random moments, then let it finish.
 
     Returns the step of the checkpoint each kill left behind (-1: killed before the first one).
@@ -37,20 +56,23 @@ def run_with_kills(cfg_file: Path, out: Path, kills: int, seed: int = 0, timeout
     steps = []
     deadline = time.time() + timeout
     while len(steps) < kills and time.time() < deadline:
-        proc = subprocess.Popen(_cmd(cfg_file, out), env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _cmd(cfg_file, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         ckpt = out / "last.ckpt"
         start_mtime = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
         while proc.poll() is None and (not ckpt.exists() or ckpt.stat().st_mtime_ns == start_mtime):
             time.sleep(0.01)  # wait until this process has trained and saved at least once
-        time.sleep(rng.uniform(0.0, 0.4))
+        time.sleep(rng.uniform(0.0, 0.25))
         if proc.poll() is not None:  # finished before the kill
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         found = latest_good(out, warn=lambda m: None)
         steps.append(found[1]["step"] if found else -1)
-    done = subprocess.run(_cmd(cfg_file, out), env=_env(), capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        _cmd(cfg_file, out), env=_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return steps
 

@@ -15,11 +15,18 @@ from unigrad.trainer import Trainer
 
 
 def run(tmp_path, folder, **over):
-    cfg = build_config(TINY, {"data": str(folder), "out": str(tmp_path / "run"), "max_steps": 3}, over)
+    cfg = build_config(
+        TINY, {"data": str(folder), "out": str(tmp_path / "run"), "max_steps": 3}, over
+    )
     tr = Trainer(cfg, show_progress=False)
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     final = tr.fit()
     return tr, before, final
+
+
+def metrics(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _configs():
@@ -32,9 +39,11 @@ def _configs():
 def test_every_method_and_form_trains(tmp_path, tiny_folder, over):
     tr, before, _ = run(tmp_path, tiny_folder, **over)
     after = tr.model.state_dict()
-    changed = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
+    changed = [
+        k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])
+    ]
     assert changed, "no weight changed"
-    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    rows = metrics(tmp_path / "run")
     pos = [float(r["value"]) for r in rows if r["name"] == "pos_sim"]
     assert pos and all(math.isfinite(v) for v in pos)
     losses = [float(r["value"]) for r in rows if r["name"] == "loss"]
@@ -72,5 +81,5 @@ def test_run_directory_contract(tmp_path, tiny_folder):
     assert "corr.F" in state["objective"] and bool(state["objective"]["corr.initialized"])
     assert {"model", "target", "optimizer", "scaler", "rng", "config"} <= set(state)
     assert 0 <= final["knn_top1"] <= 100
-    names = {r["name"] for r in csv.DictReader(open(out / "metrics.csv"))}
+    names = {r["name"] for r in metrics(out)}
     assert {"pos_sim", "lr", "img_per_s", "knn_top1", "diag/pos_cos", "diag/channel_std"} <= names

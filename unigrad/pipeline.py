@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from unigrad import augment, data, dist, inmemory
 from unigrad.config import Config
+from unigrad.errors import UserError
 
 
 def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
@@ -156,13 +157,10 @@ class LoaderData(TrainData):
             )
         self._probe: list[torch.Tensor] | None = None
 
-    def _loader(self, dataset, batch_sampler=None, batch_size=None) -> DataLoader:
+    def _loader(self, dataset: Any, **batching: Any) -> DataLoader:
+        """``batching``: batch_sampler=... or batch_size=..."""
         return DataLoader(
-            dataset,
-            batch_sampler=batch_sampler,
-            batch_size=batch_size,
-            num_workers=self.cfg.workers,
-            pin_memory=self.device.type == "cuda",
+            dataset, num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda", **batching
         )
 
     def _to_device(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
