@@ -104,7 +104,8 @@ class Config:
     knn_every: int = 1  # epochs between kNN monitors (0: only at the end)
     knn_k: int = 200
     knn_t: float = 0.1
-    knn_baseline: bool = False  # also report kNN of the randomly initialised backbone
+    knn_baseline: bool = False  # also evaluate the randomly initialised backbone at the end
+    final_linear_epochs: int = 0  # linear probe on cached features at the end (0: off)
     diag_every: int = 50  # steps between diagnostics on the probe batch (0: off)
     probe_size: int = 128  # images in the fixed diagnostics probe batch
     ckpt_every: int = 0  # steps between mid-epoch checkpoints (0: end of epoch only)

@@ -62,23 +62,26 @@ class TrainData:
     def probe(self, n: int) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def knn(self, backbone: nn.Module, k: int, t: float) -> dict[str, Any]:
+    def eval_loaders(self) -> tuple[DataLoader, DataLoader] | None:
+        """(train split, eval split) as deterministic evaluation views; None without eval split."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def features(self, backbone: nn.Module) -> tuple[torch.Tensor, ...] | None:
+        """Backbone features of the train split (the kNN bank) and the eval split:
+        (train_feats [N, D], train_labels [N], eval_feats [M, D], eval_labels [M])."""
+        from unigrad.evaluate import extract_features
 
-def _knn(
-    backbone: nn.Module, bank: DataLoader, query: DataLoader, device: torch.device, k: int, t: float
-) -> dict[str, Any]:
-    from unigrad.evaluate import extract_features, knn_eval
-
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        fb, lb = extract_features(backbone, bank, device)
-        fq, lq = extract_features(backbone, query, device)
-    finally:
-        backbone.train(was_training)
-    return knn_eval(fb, lb, fq, lq, k=k, t=t)
+        loaders = self.eval_loaders()
+        if loaders is None:
+            return None
+        was_training = backbone.training
+        try:
+            fb, lb = extract_features(backbone, loaders[0], self.device, progress=False)
+            fq, lq = extract_features(backbone, loaders[1], self.device, progress=False)
+        finally:
+            backbone.train(was_training)
+        return fb, lb, fq, lq
 
 
 class FastData(TrainData):
@@ -126,20 +129,13 @@ class FastData(TrainData):
         x = normalize_uint8(images, self.spec.image_size)
         return DataLoader(TensorDataset(x, labels), batch_size=512)
 
-    def knn(self, backbone, k, t):
+    def eval_loaders(self):
         if not has_split(self.source, self.cfg.eval_split):
-            return {}
+            return None
         ev_x, ev_y, _ = inmemory.load_uint8(
             split=self.cfg.eval_split, **self.source, bad_images=self.cfg.bad_images
         )
-        return _knn(
-            backbone,
-            self._eval_loader(self.images, self.labels),
-            self._eval_loader(ev_x, ev_y),
-            self.device,
-            k,
-            t,
-        )
+        return self._eval_loader(self.images, self.labels), self._eval_loader(ev_x, ev_y)
 
 
 class LoaderData(TrainData):
@@ -190,9 +186,9 @@ class LoaderData(TrainData):
             self._probe = self._to_device(views)
         return self._probe
 
-    def knn(self, backbone, k, t):
+    def eval_loaders(self):
         if not has_split(self.source, self.cfg.eval_split):
-            return {}
+            return None
         tf = data.eval_transform(self.spec.image_size)
 
         def loader(split: str) -> DataLoader:
@@ -201,9 +197,7 @@ class LoaderData(TrainData):
             )
             return self._loader(ds, batch_size=256)
 
-        return _knn(
-            backbone, loader(self.cfg.train_split), loader(self.cfg.eval_split), self.device, k, t
-        )
+        return loader(self.cfg.train_split), loader(self.cfg.eval_split)
 
 
 def build_train_data(cfg: Config, device: torch.device) -> TrainData:

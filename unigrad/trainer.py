@@ -299,21 +299,22 @@ class Trainer:
         self._stop_signal = signum
 
     def fit(self) -> dict[str, float]:
-        """Train until ``total_steps``; returns the final metrics (incl. kNN accuracy)."""
-        cfg = self.cfg
+        """Train until ``total_steps``, then evaluate; returns the final metrics.
+
+        SIGTERM/SIGINT are caught: the run stops at the next step boundary with a checkpoint
+        (:class:`Interrupted`).
+        """
         old = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            return self._loop()
+            self._loop()
+            return self.evaluate(final=True)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
             self.log.close()
 
-        del cfg
-
-    def _loop(self) -> dict[str, float]:
+    def _loop(self) -> None:
         cfg = self.cfg
-        final: dict[str, float] = {}
         window: dict[str, list[torch.Tensor]] = {}
         t0, n_img = time.perf_counter(), 0
         bar = tqdm(
@@ -328,47 +329,40 @@ class Trainer:
             epoch = self.step // self.steps_per_epoch
             start = self.step - epoch * self.steps_per_epoch
             for views in self.data.epoch(epoch, start, lambda s: step_generator(cfg.seed, s)):
-                gen = step_generator(cfg.seed, self.step, salt=1)
-                stats = self.train_step(views, gen)
+                stats = self.train_step(views, step_generator(cfg.seed, self.step, salt=1))
                 for k, v in stats.items():
                     window.setdefault(k, []).append(v)
                 n_img += views[0].shape[0] * dist.world_size()
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    logged = self._flush(window, n_img / (time.perf_counter() - t0), epoch)
-                    bar.set_postfix(
-                        {
-                            k: f"{logged[k]:.3g}"
-                            for k in ("loss", "pos_sim", "lr", "img_per_s")
-                            if k in logged
-                        }
-                    )
+                    logged = self._flush(window, n_img / (time.perf_counter() - t0))
+                    shown = ("loss", "pos_sim", "lr", "img_per_s")
+                    bar.set_postfix({k: f"{logged[k]:.3g}" for k in shown if k in logged})
                     window, t0, n_img = {}, time.perf_counter(), 0
                 if cfg.diag_every and self.step % cfg.diag_every == 0:
-                    self._diagnostics(epoch)
-                end_of_epoch = self.step % self.steps_per_epoch == 0
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not end_of_epoch:
+                    self._diagnostics()
+                mid_epoch = self.step % self.steps_per_epoch != 0  # epoch ends save below
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and mid_epoch:
                     self.save()
                 if self._stop_signal is not None:
-                    path = self.save()
                     bar.close()
-                    raise Interrupted(self._stop_signal, path)
+                    raise Interrupted(self._stop_signal, self.save())
                 if self.step >= self.total_steps:
                     break
             epoch_done = self.step // self.steps_per_epoch
-            path = self.save()
+            self.save()
             if cfg.keep_epoch_ckpts and self.step % self.steps_per_epoch == 0:
                 self.save(f"epoch-{epoch_done:04d}.ckpt")
-            del path
-            last = self.step >= self.total_steps
-            if (cfg.knn_every and epoch_done % cfg.knn_every == 0) or last:
-                final.update(self._knn(epoch_done))
-        bar.close()
-        return final
+            if self.objective.corr is not None and dist.is_main():
+                from unigrad.diagnostics import corr_spectrum, write_spectrum
 
-    def _flush(
-        self, window: dict[str, list[torch.Tensor]], img_s: float, epoch: int
-    ) -> dict[str, float]:
+                write_spectrum(self.out, self.step, corr_spectrum(self.objective.corr.F))
+            if cfg.knn_every and epoch_done % cfg.knn_every == 0 and self.step < self.total_steps:
+                self.evaluate(final=False)
+            t0, n_img = time.perf_counter(), 0  # evaluation time is not training throughput
+        bar.close()
+
+    def _flush(self, window: dict[str, list[torch.Tensor]], img_s: float) -> dict[str, float]:
         means = {k: float(torch.stack(v).float().mean()) for k, v in window.items()}
         if not all(np.isfinite(v) for v in means.values()):
             bad = [k for k, v in means.items() if not np.isfinite(v)]
@@ -387,7 +381,7 @@ class Trainer:
         self.log.log(self.step, self.step / self.steps_per_epoch, means)
         return means
 
-    def _diagnostics(self, epoch: int) -> None:
+    def _diagnostics(self) -> None:
         from unigrad.diagnostics import probe_diagnostics
 
         views = self.data.probe(self.cfg.probe_size)
@@ -404,15 +398,57 @@ class Trainer:
             {f"diag/{k}": v for k, v in metrics.items()},
         )
 
-    def _knn(self, epoch: int) -> dict[str, float]:
-        res = self.data.knn(self.model.encoder.backbone, self.cfg.knn_k, self.cfg.knn_t)
-        if not res:
+    def _random_init_backbone(self) -> nn.Module:
+        """The backbone as initialised with this run's seed (the baseline to beat)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            model = build_model(
+                self.cfg.backbone,
+                self.cfg.width,
+                self.cfg.cifar_stem,
+                image_size=self.cfg.image_size,
+            )
+        return model.encoder.backbone.to(self.device)
+
+    def _scores(self, backbone: nn.Module, linear: bool, prefix: str) -> dict[str, float]:
+        from unigrad.classifier import train_linear
+        from unigrad.evaluate import accuracy, knn_eval
+
+        feats = self.data.features(backbone)
+        if feats is None:
             return {}
-        out = {"knn_top1": res["top1"], "knn_top5": res["top5"]}
+        fb, lb, fq, lq = feats
+        res = knn_eval(fb, lb, fq, lq, k=self.cfg.knn_k, t=self.cfg.knn_t)
+        out = {f"{prefix}knn_top1": res["top1"], f"{prefix}knn_top5": res["top5"]}
+        if linear:
+            n_cls = int(max(lb.max(), lq.max())) + 1
+            head = train_linear(
+                fb.cpu(),
+                lb.cpu(),
+                n_cls,
+                epochs=self.cfg.final_linear_epochs,
+                seed=self.cfg.seed,
+                progress=False,
+            )
+            with torch.no_grad():
+                acc = accuracy(head(fq.cpu()), lq.cpu())
+            out[f"{prefix}linear_top1"], out[f"{prefix}linear_top5"] = acc["top1"], acc["top5"]
+        return out
+
+    def evaluate(self, final: bool) -> dict[str, float]:
+        """kNN monitor on the eval split (rank 0); at the end optionally a linear probe on the
+        same features and the random-init baseline."""
+        if not dist.is_main():
+            return {}
+        linear = final and self.cfg.final_linear_epochs > 0
+        out = self._scores(self.model.encoder.backbone, linear, "")
+        if final and self.cfg.knn_baseline and out:
+            out.update(self._scores(self._random_init_backbone(), linear, "init_"))
         self.log.log(self.step, self.step / self.steps_per_epoch, out)
-        if dist.is_main():
+        if out:
+            epoch = self.step / self.steps_per_epoch
             tqdm.write(
-                f"epoch {epoch}: kNN top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}% "
-                f"({res['n_eval']} {self.cfg.eval_split} images, k={res['k']})"
+                f"epoch {epoch:g} ({self.cfg.eval_split}): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in out.items())
             )
         return out

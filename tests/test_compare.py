@@ -1,0 +1,89 @@
+"""`unigrad compare`: grid expansion, shipped grids, skip/resume, result tables."""
+
+import csv
+import json
+
+import pytest
+import yaml
+from conftest import TINY
+
+from unigrad import compare as C
+from unigrad.cli import main
+
+
+@pytest.mark.parametrize("name", C.grid_names())
+def test_shipped_grids_resolve_to_valid_configs(name, tmp_path):
+    grid = C.load_grid(name)
+    runs = C.run_configs(grid, tmp_path, {"data": "unused"}, {})
+    assert runs and len({s.run_id for s, _ in runs}) == len(runs)
+    assert {"table2", "table3", "simsiam", "augment", "projector"} <= set(C.grid_names())
+
+
+def test_table3_is_families_times_targets():
+    specs = C.expand(C.load_grid("table3"))
+    assert len(specs) == 9
+    assert {s.overrides["target"] for s in specs} == {"stopgrad", "momentum", "momentum_pos"}
+
+
+def test_expand_product_and_seeds():
+    grid = {
+        "runs": [{"name": "x", "method": "unigrad"}],
+        "product": {"lambd": [1, 2]},
+        "seeds": [0, 3],
+    }
+    ids = [s.run_id for s in C.expand(grid)]
+    assert ids == ["x-1-s0", "x-1-s3", "x-2-s0", "x-2-s3"]
+
+
+def test_unknown_grid_and_keys_are_refused(tmp_path):
+    from unigrad.errors import UserError
+
+    with pytest.raises(UserError, match="shipped grids"):
+        C.load_grid("nope")
+    bad = tmp_path / "g.yaml"
+    bad.write_text("runz: []\n")
+    with pytest.raises(UserError, match="unknown grid keys"):
+        C.load_grid(str(bad))
+
+
+def test_compare_runs_skips_and_tabulates(tmp_path, tiny_folder, capsys):
+    grid = {
+        "name": "mini",
+        "base": {**TINY, "max_steps": 2},
+        "seeds": [0, 1],
+        "runs": [
+            {"name": "uni", "method": "unigrad"},
+            {"name": "bt-f", "method": "barlow_twins", "form": "grad", "variant": "f"},
+        ],
+    }
+    gfile = tmp_path / "mini.yaml"
+    gfile.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "grid"
+    args = [
+        "compare",
+        "--grid",
+        str(gfile),
+        "--data",
+        str(tiny_folder),
+        "--out",
+        str(out),
+        "--linear-epochs",
+        "2",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["uni-s0", "uni-s1", "bt-f-s0", "bt-f-s1"]
+    assert all(0 <= float(r["knn_top1"]) <= 100 and r["linear_top1"] for r in rows)
+    assert rows[2]["row"] == "f" and rows[2]["norm"] == "bn" and rows[2]["balance"] == "0.005"
+    md = (out / "results.md").read_text()
+    assert "| uni | unigrad | grad |" in md and "±" in md and "Random-init backbone" in md
+    assert json.loads((out / "baseline.json").read_text())["knn_top1"] >= 0
+    assert (out / "report" / "report.md").exists()
+    # second call: everything is skipped; an unfinished run resumes from its checkpoint
+    (out / "uni-s1" / "result.json").unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    assert log.count("done, skipped") == 3 and "[2/4] uni-s1\n" in log

@@ -1,0 +1,129 @@
+"""``unigrad compare``: run a grid of pretraining runs and tabulate them like the paper."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from unigrad.cli import command
+from unigrad.config import parse_set
+
+
+@command("compare", "run a grid of methods/forms/targets/seeds under one protocol; write tables")
+def _compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--grid",
+        required=True,
+        help="shipped grid (table2, table3, simsiam, augment, projector) or a .yaml file",
+    )
+    p.add_argument("--data", help="ImageFolder root with train/ and val/")
+    p.add_argument("--dataset", help="torchvision dataset instead of --data")
+    p.add_argument(
+        "--fallback-dataset",
+        dest="fallback_dataset",
+        help="torchvision dataset to download when --data does not exist",
+    )
+    p.add_argument("--out", required=True, help="grid directory (one sub-folder per run)")
+    p.add_argument("--seeds", help="comma-separated seeds, replacing the grid's")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="run only the runs whose name contains NAME (repeatable)",
+    )
+    p.add_argument(
+        "--linear-epochs",
+        type=int,
+        default=30,
+        help="linear probe epochs on cached features after each run (0: kNN only)",
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def run(a: argparse.Namespace) -> int:
+        from unigrad import compare as C
+
+        grid = C.load_grid(a.grid)
+        if a.seeds:
+            grid["seeds"] = [int(s) for s in a.seeds.split(",")]
+        out = Path(a.out)
+        data_args = {
+            k: getattr(a, k)
+            for k in ("data", "dataset", "fallback_dataset")
+            if getattr(a, k) is not None
+        }
+        extra = {"final_linear_epochs": a.linear_epochs, **parse_set(a.set or [])}
+        runs = C.run_configs(grid, out, data_args, extra)
+        if a.only:
+            runs = [(s, c) for s, c in runs if any(o in s.run_id for o in a.only)]
+        if a.dry_run:
+            for spec, cfg in runs:
+                d = C.describe(cfg)
+                print(
+                    f"{spec.run_id:<28} {d['method']:<13} {d['form']:<5} {d['row']:<6} "
+                    f"{d['target']:<13} lambda={d['balance']}"
+                )
+            return 0
+        out.mkdir(parents=True, exist_ok=True)
+        baseline_path = out / "baseline.json"
+        rows = []
+        for i, (spec, cfg) in enumerate(runs, 1):
+            run_dir = Path(cfg.out)
+            result = C.load_result(run_dir)
+            if result is None:
+                print(f"[{i}/{len(runs)}] {spec.run_id}", flush=True)
+                result = _train(cfg, spec, first=not baseline_path.exists(), quiet=a.quiet)
+                baseline = {k[5:]: v for k, v in result.items() if k.startswith("init_")}
+                if baseline:
+                    baseline_path.write_text(json.dumps(baseline))
+                C.save_result(run_dir, result)
+            else:
+                print(f"[{i}/{len(runs)}] {spec.run_id}: done, skipped", flush=True)
+            rows.append(result)
+            baseline = json.loads(baseline_path.read_text()) if baseline_path.exists() else None
+            C.write_results(out, rows, baseline)
+        from unigrad.report import write_report
+
+        write_report([c.out for _, c in runs], out / "report")
+        print(f"wrote {out / 'results.md'}, {out / 'results.csv'} and {out / 'report'}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _train(cfg, spec, first: bool, quiet: bool) -> dict:
+    """Train (or resume) one run and evaluate it; the row of results.csv."""
+    import dataclasses
+
+    from unigrad import compare as C
+    from unigrad.trainer import Trainer
+
+    if first:
+        cfg = dataclasses.replace(cfg, knn_baseline=True)
+    start = time.perf_counter()
+    trainer = Trainer(cfg, resume=True, show_progress=not quiet)
+    final = trainer.fit()
+    diag = _last_diagnostics(Path(cfg.out))
+    return {
+        "run": spec.run_id,
+        "group": spec.name,
+        "seed": spec.seed,
+        **C.describe(cfg),
+        **final,
+        "final_pos_sim": diag.get("pos_sim"),
+        "final_channel_std": diag.get("diag/channel_std"),
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def _last_diagnostics(run_dir: Path) -> dict[str, float]:
+    import csv
+
+    last: dict[str, float] = {}
+    with open(run_dir / "metrics.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            last[r["name"]] = float(r["value"])
+    return last
