@@ -226,14 +226,28 @@ class FastAugment:
             raise ValueError("FastAugment draws its parameters from a CPU torch.Generator")
         return [sample_view_params(self.spec, v, n, height, width, g) for v in self.views]
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
-        """images: [N, 3, H, W] uint8 on any device -> views [N, 3, s, s] float32 there."""
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator, part: tuple[int, int] = (0, 1)
+    ) -> list[torch.Tensor]:
+        """images: [N, 3, H, W] uint8 on any device -> views [N, 3, s, s] float32 there.
+
+        ``part`` = (rank, world_size): the parameters are drawn for the whole global batch of
+        N * world_size images (same generator state on every rank) and this rank applies its
+        slice, so a distributed run sees exactly the views of a single-process run.
+        """
         n, _, h, w = images.shape
+        rank, world = part
         threads = torch.get_num_threads()
         if images.device.type == "cpu" and self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
         try:
-            params = self.sample(n, h, w, generator)
+            params = self.sample(n * world, h, w, generator)
+            if world > 1:
+                rows = slice(rank * n, (rank + 1) * n)
+                params = [
+                    ViewParams(**{f.name: getattr(p, f.name)[rows] for f in fields(p)})
+                    for p in params
+                ]
             x = images.float().div_(255)
             return [
                 apply_view(self.spec, x, p, v.size, self.channels_last)

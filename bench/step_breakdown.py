@@ -1,0 +1,61 @@
+"""Where the time of one training step goes (default: UniGrad, ResNet-18 CIFAR stem, width 0.25,
+batch 256, fast pipeline) and the non-backbone share of the step.
+
+    .venv/bin/python bench/step_breakdown.py [--width 0.25] [--method unigrad] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from harness import machine, make_trainer
+
+from unigrad.pipeline import step_generator
+from unigrad.profiling import SectionTimer
+
+BACKBONE = ("online forward", "target forward", "backward")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--method", default="unigrad")
+    ap.add_argument("--form", default=None)
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--proj-dim", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--amp", default="auto")
+    a = ap.parse_args()
+    tr = make_trainer(method=a.method, form=a.form, width=a.width, proj_dim=a.proj_dim,
+                      batch_size=a.batch_size, amp=a.amp)
+    timer = SectionTimer(tr.device)
+    tr.timer = timer
+    it = tr.data.epoch(0, 0, lambda s: step_generator(0, s))
+    for _ in range(2):  # warm-up
+        tr.train_step(next(it), step_generator(0, tr.step, 1))
+    timer.reset()
+    start = time.perf_counter()
+    for _ in range(a.steps):
+        with timer("data + augmentation"):
+            views = next(it)
+        tr.train_step(views, step_generator(0, tr.step, 1))
+    total = (time.perf_counter() - start) / a.steps
+    sections = {k: v / a.steps for k, v in timer.totals.items()}
+    print(f"# {machine()}")
+    print(f"# {a.method}/{tr.objective.kind}, width {a.width}, C {a.proj_dim}, batch "
+          f"{a.batch_size}, amp {tr.amp}, {a.steps} steps")
+    print(f"{'section':<22}{'ms/step':>10}{'share':>8}")
+    for k, v in sorted(sections.items(), key=lambda kv: -kv[1]):
+        print(f"{k:<22}{v * 1e3:>10.1f}{100 * v / total:>7.1f}%")
+    other = total - sum(sections.values())
+    print(f"{'(untimed)':<22}{other * 1e3:>10.1f}{100 * other / total:>7.1f}%")
+    print(f"{'total':<22}{total * 1e3:>10.1f}   -> {a.batch_size / total:.0f} img/s")
+    non_backbone = total - sum(sections.get(k, 0.0) for k in BACKBONE)
+    print(f"non-backbone share of the step: {100 * non_backbone / total:.1f}%")
+    obj = sections.get("loss + sample set", 0.0)
+    print(f"loss + sample-set update share: {100 * obj / total:.2f}%")
+
+
+if __name__ == "__main__":
+    main()
