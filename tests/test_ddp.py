@@ -27,8 +27,15 @@ def _run(args: list[str], nproc: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     launch = [sys.executable, "-m", "unigrad"]
     if nproc > 1:
-        launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                  f"--master_port={_free_port()}", "-m", "unigrad"]
+        launch = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            f"--master_port={_free_port()}",
+            "-m",
+            "unigrad",
+        ]
     return subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -55,6 +55,7 @@ class TrainData:
 
     steps_per_epoch: int
     n_views: int
+    skipped: int = 0  # unreadable training images left out (bad_images=skip)
 
     def epoch(
         self, epoch: int, start: int, gen_for_step: Callable[[int], torch.Generator]
@@ -89,9 +90,8 @@ class TrainData:
 class FastData(TrainData):
     def __init__(self, cfg: Config, device: torch.device, source: dict[str, Any]) -> None:
         self.cfg, self.device = cfg, device
-        self.images, self.labels, _ = inmemory.load_uint8(
-            split=cfg.train_split, **source, bad_images=cfg.bad_images
-        )
+        split = inmemory.load_uint8(split=cfg.train_split, **source, bad_images=cfg.bad_images)
+        self.images, self.labels, self.skipped = split.images, split.labels, split.n_skipped
         self.spec = augment.AugmentSpec.from_config(cfg)
         self.aug = augment.FastAugment(self.spec, channels_last=cfg.channels_last)
         self.n_views = len(self.spec.views())

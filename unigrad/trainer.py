@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,12 @@ class Trainer:
         self.timer = NullTimer()  # bench/step_breakdown.py swaps in a SectionTimer
 
         self.log = RunLog(self.out, cfg.tensorboard)
+        if self.data.skipped and dist.is_main():
+            print(
+                f"warning: {self.data.skipped} unreadable training images skipped "
+                "(bad_images=skip; logged as data/skipped_images)",
+                file=sys.stderr,
+            )
         if not (resume and self._resume()):
             if not resume and ckpt.candidates(self.out):
                 raise UserError(
@@ -220,6 +227,7 @@ class Trainer:
             self.log.truncate_after(0)
             if dist.is_main():
                 save_config(cfg, self.out / "config.yaml")
+            self.log.log(0, 0.0, {"data/skipped_images": float(self.data.skipped)})
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
