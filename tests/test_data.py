@@ -222,7 +222,7 @@ def test_resolve_source_falls_back_to_torchvision(tmp_path, monkeypatch):
 
     monkeypatch.setattr(D.datasets, "CIFAR10", fake)
     with pytest.warns(UserWarning, match="not found; using cifar10"):
-        out = D.resolve_source(str(tmp_path / "nope"), None, "cifar10", True, root="dl")
+        out = D.resolve_source(str(tmp_path / "nope"), None, "cifar10", False, root="dl")
     assert out == (None, "cifar10") and seen == {"root": "dl", "download": True}
 
 

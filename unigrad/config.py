@@ -154,14 +154,23 @@ def _unknown(keys: list[str]) -> UserError:
     return UserError(f"unknown config key {', '.join(hints)}. Valid keys: {', '.join(KEYS)}")
 
 
+_STR_KEYS = {f.name for f in fields(Config) if "str" in str(f.type)}
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """``key=value`` strings -> dict, values parsed as YAML scalars (1e-3, true, null)."""
+    """``key=value`` strings -> dict, values parsed as YAML scalars (1e-3, true, null); keys of
+    string type keep their text (``amp=off`` is "off", not YAML's false)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v) if v.strip() else None
+        k, v = (x.strip() for x in item.split("=", 1))
+        if not v or v.lower() in ("null", "none", "~"):
+            out[k] = None
+        elif k in _STR_KEYS:
+            out[k] = v
+        else:
+            out[k] = yaml.safe_load(v)
     return out
 
 

@@ -209,8 +209,9 @@ def resolve_source(
     """Which source to read: ``(data, None)`` for a folder, ``(None, name)`` for torchvision.
 
     A missing ``data`` folder (or none given) falls back to the torchvision set
-    ``fallback_dataset`` under ``root`` (downloaded there when ``download``). Fails with a
-    UserError that says what to pass when neither source can be read.
+    ``fallback_dataset`` under ``root``, downloaded there if it is not yet (asking for a
+    fallback is asking for the download). Fails with a UserError that says what to pass when
+    neither source can be read.
     """
     if data is not None and Path(data).is_dir():
         return data, None
@@ -224,7 +225,7 @@ def resolve_source(
         warnings.warn(
             f"data folder {data} not found; using {fallback_dataset} under {root}/", stacklevel=2
         )
-    return None, _check_torchvision(str(fallback_dataset), download, root)
+    return None, _check_torchvision(str(fallback_dataset), True, root)
 
 
 def _check_torchvision(dataset: str, download: bool, root: str) -> str:

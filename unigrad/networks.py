@@ -26,7 +26,7 @@ def resnet_backbone(
         name: ``resnet18`` or ``resnet50``.
         width: channel multiplier for every stage (0.25 -> 16-32-64-128 for ResNet-18).
         cifar_stem: 3x3 stride-1 first convolution and no max-pool, for 32 px images.
-        norm: ``bn`` (BatchNorm), ``gn`` (GroupNorm: per-sample, so DDP needs no SyncBN and
+        norm: ``bn`` (BatchNorm), ``gn`` (GroupNorm; per-sample, so DDP needs no SyncBN and
             works on CPU) or ``none``.
 
     Returns:
@@ -73,8 +73,8 @@ def norm_layer(kind: str, dims: int) -> Callable[[int], nn.Module]:
     """Normalisation factory ``f(channels)``: BatchNorm{1,2}d, GroupNorm, or Identity."""
     if kind == "bn":
         return nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
-    if kind == "gn":
-        return lambda c: nn.GroupNorm(_groups(c), c)
+    if kind == "gn":  # MLP features [N, C]: one group over the features (a LayerNorm)
+        return (lambda c: nn.GroupNorm(_groups(c), c)) if dims == 2 else nn.LayerNorm
     if kind == "none":
         return lambda c: nn.Identity()
     raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")

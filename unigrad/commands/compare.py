@@ -101,8 +101,7 @@ def _train(cfg, spec, first: bool, quiet: bool) -> dict:
     from unigrad import compare as C
     from unigrad.trainer import Trainer
 
-    if first:
-        cfg = dataclasses.replace(cfg, knn_baseline=True)
+    cfg = dataclasses.replace(cfg, knn_baseline=first)  # the random-init baseline runs once
     start = time.perf_counter()
     trainer = Trainer(cfg, resume=True, show_progress=not quiet)
     final = trainer.fit()
