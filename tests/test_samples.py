@@ -116,3 +116,13 @@ def test_target_kinds_route_pos_and_neg():
     assert torch.allclose(out.pos[0], z[0]) and not out.neg[0].requires_grad
     with pytest.raises(ValueError):
         TargetBranch("nope", online)
+
+
+def test_correlation_state_restores_its_initialised_flag():
+    a, b = CorrelationEMA(2, rho=0.5), CorrelationEMA(2, rho=0.5)
+    a.update([torch.eye(2)])
+    b.load_state_dict(a.state_dict())
+    b.update([torch.tensor([[1.0, 0.0]])])  # EMA, not re-initialisation
+    assert torch.allclose(
+        b.F, 0.5 * torch.eye(2) / 2 + 0.5 * torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    )

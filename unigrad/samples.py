@@ -30,6 +30,12 @@ class MemoryBank(nn.Module):
         self.register_buffer("queue", torch.zeros(size, dim))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        # host-side copies of ptr/filled: reading the buffers would sync with the GPU each step
+        self._ptr = self._filled = 0
+        self.register_load_state_dict_post_hook(lambda m, _: m._sync_host())
+
+    def _sync_host(self) -> None:
+        self._ptr, self._filled = int(self.ptr), int(self.filled)
 
     @property
     def size(self) -> int:
@@ -37,8 +43,7 @@ class MemoryBank(nn.Module):
 
     def negatives(self) -> torch.Tensor:
         """The valid rows, [min(filled, K), C] (a view: clone before an in-place push)."""
-        n = int(self.filled)
-        return self.queue if n >= self.size else self.queue[:n]
+        return self.queue if self._filled >= self.size else self.queue[: self._filled]
 
     @torch.no_grad()
     def push(self, keys: torch.Tensor) -> None:
@@ -48,11 +53,11 @@ class MemoryBank(nn.Module):
         if keys.shape[0] > k:  # only the newest K survive
             keys = keys[-k:]
         m = keys.shape[0]
-        p = int(self.ptr)
-        idx = (torch.arange(m, device=keys.device) + p) % k
-        self.queue.index_copy_(0, idx.to(self.queue.device), keys)
-        self.ptr.fill_((p + m) % k)
-        self.filled.fill_(min(int(self.filled) + m, k))
+        idx = (torch.arange(m, device=self.queue.device) + self._ptr) % k
+        self.queue.index_copy_(0, idx, keys.to(self.queue.device))
+        self._ptr, self._filled = (self._ptr + m) % k, min(self._filled + m, k)
+        self.ptr.fill_(self._ptr)
+        self.filled.fill_(self._filled)
 
 
 def batch_correlation(embeddings: list[torch.Tensor]) -> torch.Tensor:
@@ -79,6 +84,10 @@ class CorrelationEMA(nn.Module):
         self.rho = rho
         self.register_buffer("F", torch.zeros(dim, dim))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._initialized = False  # host-side copy (no GPU sync per step)
+        self.register_load_state_dict_post_hook(
+            lambda m, _: setattr(m, "_initialized", bool(m.initialized))
+        )
 
     @torch.no_grad()
     def update(self, embeddings: list[torch.Tensor], all_reduce: bool = True) -> torch.Tensor:
@@ -87,11 +96,12 @@ class CorrelationEMA(nn.Module):
         if all_reduce:
             batch = dist.all_reduce_mean(batch)
         batch = batch.to(self.F.dtype)
-        if bool(self.initialized):
+        if self._initialized:
             self.F.mul_(self.rho).add_(batch, alpha=1.0 - self.rho)
         else:
             self.F.copy_(batch)
             self.initialized.fill_(True)
+            self._initialized = True
         return self.F
 
 
