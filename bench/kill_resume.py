@@ -15,10 +15,10 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_image_folder  # noqa: E402
-from test_resume import KILL_CFG, assert_same_state, run_with_kills  # noqa: E402
+from conftest import make_image_folder
+from test_resume import KILL_CFG, assert_same_state, run_with_kills
 
-from unigrad.checkpoint import load_checkpoint  # noqa: E402
+from unigrad.checkpoint import load_checkpoint
 
 
 def main() -> None:
@@ -34,11 +34,15 @@ def main() -> None:
         t = time.perf_counter()
         run_with_kills(cfg_file, root / "ref", kills=0)
         steps = run_with_kills(cfg_file, root / "killed", kills=a.kills, seed=a.seed)
-        assert_same_state(load_checkpoint(root / "ref" / "last.ckpt"),
-                          load_checkpoint(root / "killed" / "last.ckpt"))
-        print(f"{len(steps)} SIGKILLs, resumed each time, at checkpoint steps {steps}: final "
-              f"model, target, F and optimizer state bit-identical to the uninterrupted run "
-              f"({time.perf_counter() - t:.0f} s)")
+        assert_same_state(
+            load_checkpoint(root / "ref" / "last.ckpt"),
+            load_checkpoint(root / "killed" / "last.ckpt"),
+        )
+        print(
+            f"{len(steps)} SIGKILLs, resumed each time, at checkpoint steps {steps}: final "
+            f"model, target, F and optimizer state bit-identical to the uninterrupted run "
+            f"({time.perf_counter() - t:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

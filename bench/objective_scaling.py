@@ -52,15 +52,21 @@ def main() -> None:
     print("\n## batch size sweep (C = 2048)")
     print(f"{'method':<14}" + "".join(f"{'N=' + str(n):>10}" for n in batches))
     for m, f in METHODS:
-        print(f"{m:<14}" + "".join(f"{time_objective(m, f, n, 2048, repeat):>10.2f}" for n in batches))
+        print(
+            f"{m:<14}" + "".join(f"{time_objective(m, f, n, 2048, repeat):>10.2f}" for n in batches)
+        )
     print("\n## projector width sweep (N = 256)")
     print(f"{'method':<14}" + "".join(f"{'C=' + str(c):>10}" for c in widths))
     for m, f in METHODS:
-        print(f"{m:<14}" + "".join(f"{time_objective(m, f, 256, c, repeat):>10.2f}" for c in widths))
+        print(
+            f"{m:<14}" + "".join(f"{time_objective(m, f, 256, c, repeat):>10.2f}" for c in widths)
+        )
     print("\n## sample-set memory (MiB): F (C x C) vs a 65536-key memory bank (K x C)")
     print(f"{'C':>8}{'F (unigrad)':>14}{'bank (moco)':>14}")
     for c in widths:
-        print(f"{c:>8}{state_mib('unigrad', 'grad', c):>14.1f}{state_mib('moco', 'loss', c):>14.1f}")
+        print(
+            f"{c:>8}{state_mib('unigrad', 'grad', c):>14.1f}{state_mib('moco', 'loss', c):>14.1f}"
+        )
 
 
 if __name__ == "__main__":

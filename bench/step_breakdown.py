@@ -27,8 +27,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--amp", default="auto")
     a = ap.parse_args()
-    tr = make_trainer(method=a.method, form=a.form, width=a.width, proj_dim=a.proj_dim,
-                      batch_size=a.batch_size, amp=a.amp)
+    tr = make_trainer(
+        method=a.method,
+        form=a.form,
+        width=a.width,
+        proj_dim=a.proj_dim,
+        batch_size=a.batch_size,
+        amp=a.amp,
+    )
     timer = SectionTimer(tr.device)
     tr.timer = timer
     it = tr.data.epoch(0, 0, lambda s: step_generator(0, s))
@@ -43,8 +49,10 @@ def main() -> None:
     total = (time.perf_counter() - start) / a.steps
     sections = {k: v / a.steps for k, v in timer.totals.items()}
     print(f"# {machine()}")
-    print(f"# {a.method}/{tr.objective.kind}, width {a.width}, C {a.proj_dim}, batch "
-          f"{a.batch_size}, amp {tr.amp}, {a.steps} steps")
+    print(
+        f"# {a.method}/{tr.objective.kind}, width {a.width}, C {a.proj_dim}, batch "
+        f"{a.batch_size}, amp {tr.amp}, {a.steps} steps"
+    )
     print(f"{'section':<22}{'ms/step':>10}{'share':>8}")
     for k, v in sorted(sections.items(), key=lambda kv: -kv[1]):
         print(f"{k:<22}{v * 1e3:>10.1f}{100 * v / total:>7.1f}%")

@@ -21,8 +21,10 @@ def main() -> None:
     a = ap.parse_args()
     widths = [float(w) for w in a.widths.split(",")]
     print(f"# {machine()}")
-    print("\n## UniGrad step: fast (in-memory tensor) vs standard (torchvision per image, "
-          "2 workers) pipeline, img/s")
+    print(
+        "\n## UniGrad step: fast (in-memory tensor) vs standard (torchvision per image, "
+        "2 workers) pipeline, img/s"
+    )
     print(f"{'width':<8}{'fast':>8}{'standard':>10}{'ratio':>8}")
     for w in widths:
         fast, _ = steady_state(make_trainer(width=w, pipeline="fast"), a.steps)

