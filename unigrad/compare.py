@@ -24,13 +24,10 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from unigrad.config import build_config, load_yaml
+from unigrad.config import build_config, load_yaml, shipped
 from unigrad.errors import UserError
 from unigrad.methods import get_method
 
@@ -49,28 +46,12 @@ class RunSpec:
 
 
 def grid_names() -> list[str]:
-    return sorted(
-        p.name[:-5] for p in resources.files("unigrad.grids").iterdir() if p.name.endswith(".yaml")
-    )
+    return shipped("grids")
 
 
 def load_grid(name_or_path: str) -> dict[str, Any]:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise UserError(f"grid file {path} does not exist")
-        text = path.read_text()
-    else:
-        res = resources.files("unigrad.grids") / f"{name_or_path}.yaml"
-        if not res.is_file():
-            raise UserError(
-                f"unknown grid {name_or_path!r}; shipped grids: "
-                f"{', '.join(grid_names())} (or pass a path to a .yaml file)"
-            )
-        text = res.read_text()
-    grid = yaml.safe_load(text) or {}
-    if not isinstance(grid, dict):
-        raise UserError(f"{name_or_path}: a grid file must be a mapping")
+    """A shipped grid by name or a grid file by path, with its keys checked."""
+    grid = load_yaml(name_or_path, package="grids")
     unknown = set(grid) - GRID_KEYS
     if unknown:
         raise UserError(

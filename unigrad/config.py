@@ -117,32 +117,36 @@ class Config:
 KEYS = tuple(f.name for f in fields(Config))
 
 
+def shipped(package: str) -> list[str]:
+    """Names of the YAML files shipped in ``unigrad.<package>`` (presets, grids)."""
+    files = resources.files(f"unigrad.{package}").iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
+
+
 def preset_names() -> list[str]:
-    return sorted(
-        p.name[:-5]
-        for p in resources.files("unigrad.presets").iterdir()
-        if p.name.endswith(".yaml")
-    )
+    return shipped("presets")
 
 
-def load_yaml(name_or_path: str) -> dict[str, Any]:
-    """A shipped preset by name, or a YAML file by path."""
+def load_yaml(name_or_path: str, package: str = "presets") -> dict[str, Any]:
+    """A shipped YAML file by name (``unigrad/<package>/NAME.yaml``), or any file by path;
+    must hold a mapping."""
+    kind = package.rstrip("s")
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.exists():
-            raise UserError(f"config file {path} does not exist")
+        if not path.is_file():
+            raise UserError(f"{kind} file {path} does not exist")
         text = path.read_text()
     else:
-        res = resources.files("unigrad.presets") / f"{name_or_path}.yaml"
+        res = resources.files(f"unigrad.{package}") / f"{name_or_path}.yaml"
         if not res.is_file():
             raise UserError(
-                f"unknown preset {name_or_path!r}; shipped presets: {', '.join(preset_names())} "
-                "(or pass a path to a .yaml file)"
+                f"unknown {kind} {name_or_path!r}; shipped {package}: "
+                f"{', '.join(shipped(package))} (or pass a path to a .yaml file)"
             )
         text = res.read_text()
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
-        raise UserError(f"{name_or_path}: a config file must be a mapping of key: value")
+        raise UserError(f"{name_or_path}: a {kind} file must be a mapping of key: value")
     return data
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from unigrad.losses import infonce_logits
+
 
 def surrogate(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """(g.detach() * u).sum(-1).mean(): d/du = g / N."""
@@ -32,11 +34,7 @@ def grad_infonce(
     u.v / tau. For MoCo ``negs`` is the bank; for SimCLR the 2N target embeddings of the batch
     with the anchor's own entry and its positive masked.
     """
-    l_pos = (u * pos).sum(-1, keepdim=True)
-    l_neg = u @ negs.T
-    if neg_mask is not None:
-        l_neg = l_neg.masked_fill(neg_mask, float("-inf"))
-    s = torch.softmax(torch.cat([l_pos, l_neg], dim=1) / tau, dim=1)
+    s = torch.softmax(infonce_logits(u, pos, negs, neg_mask) / tau, dim=1)
     neg = s[:, :1] * pos + s[:, 1:] @ negs
     return (neg - pos) / tau
 

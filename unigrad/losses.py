@@ -29,12 +29,18 @@ def info_nce(
     Args:
         u: anchors [N, C]; pos: positives [N, C]; negs: [K, C]; neg_mask: [N, K] or None.
     """
-    l_pos = (u * pos).sum(-1, keepdim=True)
+    logits = infonce_logits(u, pos, negs, neg_mask) / tau
+    return -torch.log_softmax(logits, dim=1)[:, 0].mean()
+
+
+def infonce_logits(
+    u: torch.Tensor, pos: torch.Tensor, negs: torch.Tensor, neg_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[u_i.pos_i, u_i.negs] -> [N, 1 + K], masked negatives at -inf (positive in column 0)."""
     l_neg = u @ negs.T
     if neg_mask is not None:
         l_neg = l_neg.masked_fill(neg_mask, float("-inf"))
-    logits = torch.cat([l_pos, l_neg], dim=1) / tau
-    return -torch.log_softmax(logits, dim=1)[:, 0].mean()
+    return torch.cat([(u * pos).sum(-1, keepdim=True), l_neg], dim=1)
 
 
 def nt_xent_mask(n: int, device: torch.device | None = None) -> torch.Tensor:
