@@ -8,12 +8,15 @@ The spectrum of UniGrad's F is written separately (:func:`write_spectrum`), once
 
 from __future__ import annotations
 
+import contextlib
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from unigrad.gradients import grad_directpred
 from unigrad.losses import batch_standardize
@@ -179,3 +182,22 @@ def read_spectrum(path: str | Path) -> dict[int, torch.Tensor]:
         for r in csv.DictReader(f):
             rows.setdefault(int(r["step"]), {})[int(r["index"])] = float(r["value"])
     return {s: torch.tensor([d[i] for i in sorted(d)]) for s, d in sorted(rows.items())}
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Forward in training mode without touching BN running statistics (diagnostics probe)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [
+        (m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+        for m in bns
+    ]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (mom, nbt) in zip(bns, saved, strict=True):
+            m.momentum = mom
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)

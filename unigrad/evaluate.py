@@ -24,15 +24,6 @@ from unigrad.errors import UserError
 from unigrad.networks import build_model
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but no CUDA device is available; use --device cpu")
-    return torch.device(name)
-
-
 def progress_bar(it: Iterable, desc: str, enabled: bool | None = None, **kw: Any) -> tqdm:
     """A tqdm bar on stderr; ``enabled=None`` shows it only when stderr is a terminal."""
     show = sys.stderr.isatty() if enabled is None else enabled

@@ -46,7 +46,8 @@ class Session:
     """What every checkpoint command needs: the backbone, its config, the data, the device."""
 
     def __init__(self, a: argparse.Namespace) -> None:
-        from unigrad.evaluate import load_backbone, select_device
+        from unigrad.device import select_device
+        from unigrad.evaluate import load_backbone
 
         self.args = a
         self.device = select_device(a.device)
