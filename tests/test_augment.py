@@ -236,6 +236,8 @@ def test_spec_from_config_uses_the_config_keys():
     assert len(spec.views()) == 8 and spec.views()[2].scale == (0.05, 0.4)
     asym2x = AugmentSpec.from_config(Config(method="simsiam", symmetry="asym2x", image_size=16))
     assert len(asym2x.views()) == 4
+    # the library defaults and the config defaults are one recipe
+    assert AugmentSpec.from_config(Config()) == AugmentSpec()
 
 
 def test_standard_views_depend_only_on_seed_epoch_and_index():

@@ -306,7 +306,8 @@ For resnet18 / resnet50 at width 1 without the CIFAR stem it loads strictly into
     m.load_state_dict(torch.load("backbone.pth", weights_only=True), strict=True)
 
 Other configurations (width != 1, CIFAR stem, ViT) are not torchvision-compatible: load the file
-into unigrad.networks.build_model(<the checkpoint's config>).encoder.backbone."""
+into unigrad.networks.build_model(backbone, width=..., cifar_stem=...).encoder.backbone; the command
+prints the exact call."""
     p.add_argument("ckpt", help="pretraining checkpoint written by `unigrad pretrain`")
     p.add_argument("--out", help="output .pth (default: CKPT with suffix .backbone.pth)")
 
