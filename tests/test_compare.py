@@ -87,3 +87,19 @@ def test_compare_runs_skips_and_tabulates(tmp_path, tiny_folder, capsys):
     assert main(args) == 0
     log = capsys.readouterr().out
     assert log.count("done, skipped") == 3 and "[2/4] uni-s1\n" in log
+
+
+def test_compare_interrupted_exits_cleanly(tmp_path, tiny_folder, capsys, monkeypatch):
+    from unigrad.trainer import Interrupted, Trainer
+
+    def stop(self):
+        raise Interrupted(15, self.out / "last.ckpt")
+
+    monkeypatch.setattr(Trainer, "fit", stop)
+    gfile = tmp_path / "g.yaml"
+    gfile.write_text(yaml.safe_dump({"name": "g", "base": TINY, "runs": [{"name": "uni"}]}))
+    args = ["compare", "--grid", str(gfile), "--data", str(tiny_folder), "--out", str(tmp_path)]
+    assert main([*args, "--quiet"]) == 128 + 15
+    out = capsys.readouterr().out
+    assert "stopped by signal 15" in out and "run the same command again" in out
+    assert not (tmp_path / "uni-s0" / "result.json").exists()

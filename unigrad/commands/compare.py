@@ -45,6 +45,7 @@ def _compare(p: argparse.ArgumentParser) -> None:
 
     def run(a: argparse.Namespace) -> int:
         from unigrad import compare as C
+        from unigrad.trainer import Interrupted
 
         grid = C.load_grid(a.grid)
         if a.seeds:
@@ -75,7 +76,11 @@ def _compare(p: argparse.ArgumentParser) -> None:
             result = C.load_result(run_dir)
             if result is None:
                 print(f"[{i}/{len(runs)}] {spec.run_id}", flush=True)
-                result = _train(cfg, spec, first=not baseline_path.exists(), quiet=a.quiet)
+                try:
+                    result = _train(cfg, spec, first=not baseline_path.exists(), quiet=a.quiet)
+                except Interrupted as e:
+                    print(f"{e}; run the same command again to resume this grid", flush=True)
+                    return 128 + e.signum
                 baseline = {k[5:]: v for k, v in result.items() if k.startswith("init_")}
                 if baseline:
                     baseline_path.write_text(json.dumps(baseline))
