@@ -1,7 +1,9 @@
 """Where the time of one training step goes (default: UniGrad, ResNet-18 CIFAR stem, width 0.25,
-batch 256, fast pipeline) and the non-backbone share of the step.
+batch 256, fast pipeline), the non-backbone share of the step, and the amortised cost of the
+probe-batch diagnostics.
 
     .venv/bin/python bench/step_breakdown.py [--width 0.25] [--method unigrad] [--steps 10]
+        [--diag-every 50]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--amp", default="auto")
+    ap.add_argument("--diag-every", type=int, default=50, help="diagnostics interval to cost")
     a = ap.parse_args()
     tr = make_trainer(
         method=a.method,
@@ -63,6 +66,15 @@ def main() -> None:
     print(f"non-backbone share of the step: {100 * non_backbone / total:.1f}%")
     obj = sections.get("loss + sample set", 0.0)
     print(f"loss + sample-set update share: {100 * obj / total:.2f}%")
+    calls = 3  # the probe batch's forward passes + statistics, as the trainer runs them
+    start = time.perf_counter()
+    for _ in range(calls):
+        tr._diagnostics()
+    diag = (time.perf_counter() - start) / calls
+    print(
+        f"diagnostics: {diag * 1e3:.1f} ms per call, every {a.diag_every} steps = "
+        f"{100 * diag / (diag + a.diag_every * total):.2f}% of training time"
+    )
 
 
 if __name__ == "__main__":
