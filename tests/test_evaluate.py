@@ -2,6 +2,7 @@ import json
 import math
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
@@ -22,15 +23,7 @@ from unigrad.evaluate import (
 )
 from unigrad.networks import build_model
 
-TINY = {
-    "backbone": "resnet18",
-    "width": 0.125,
-    "cifar_stem": True,
-    "proj_depth": 2,
-    "proj_dim": 32,
-    "image_size": 16,
-    "method": "simclr",
-}
+TINY = {**conftest.TINY, "method": "simclr"}
 
 
 def tiny_checkpoint(path: Path, predictor: bool = False, **overrides) -> Path:
