@@ -103,3 +103,26 @@ def test_compare_interrupted_exits_cleanly(tmp_path, tiny_folder, capsys, monkey
     out = capsys.readouterr().out
     assert "stopped by signal 15" in out and "run the same command again" in out
     assert not (tmp_path / "uni-s0" / "result.json").exists()
+
+
+def test_spread_summary_pairs_loss_with_its_gradient_row():
+    def row(group, seed, knn, method="moco", form="grad", r="a", target="momentum"):
+        return dict(
+            group=group, seed=seed, knn_top1=knn, method=method, form=form, row=r, target=target
+        )
+
+    rows = [
+        row("a-moco-grad", 0, 40.0),
+        row("a-moco-grad", 1, 42.0),
+        row("moco-loss", 0, 43.0, form="loss", r="-"),
+        row("moco-loss", 1, 45.0, form="loss", r="-"),
+        # another target, and a non-default gradient row: neither is moco-loss's twin
+        row("a-moco-stopgrad", 0, 10.0, target="stopgrad"),
+        row("e-asym", 0, 30.0, method="directpred", r="e"),
+    ]
+    lines = C.spread_summary(rows)
+    assert lines[0].startswith("- seed to seed: pooled std 1.41 over 2 groups")
+    assert "- loss form moco-loss minus gradient form a-moco-grad: +3.00" in lines
+    assert sum("minus" in x for x in lines) == 1
+    assert lines[-1].startswith("- between groups: 10.00 (a-moco-stopgrad) to 44.00 (moco-loss)")
+    assert C.spread_summary(rows[:1]) == []

@@ -13,7 +13,8 @@ A grid file (``unigrad/grids/*.yaml``, or any user file of the same shape)::
 
 Runs go one after another. A finished run (``RUN/result.json``) is skipped; an interrupted one
 (``RUN/last.ckpt``) is resumed. ``results.csv`` holds one row per run, ``results.md`` the mean
-± std over seeds in the shape of the paper's Table 2 / Table 3.
+± std over seeds in the shape of the paper's Table 2 / Table 3, followed by the spreads that say
+whether a difference between two rows means anything (:func:`spread_summary`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -163,10 +165,68 @@ def _mean_std(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
 
 
-def results_markdown(rows: list[dict[str, Any]], baseline: dict[str, float] | None) -> str:
+def _groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
+    return groups
+
+
+def _knn(rs: list[dict[str, Any]]) -> list[float]:
+    return [float(v) for v in (x.get("knn_top1") for x in rs) if v is not None and v == v]
+
+
+def spread_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown bullets: seed-to-seed, loss-vs-gradient-form and between-group spread of kNN top-1.
+
+    * seed-to-seed: pooled standard deviation over the groups with at least two seeds;
+    * loss vs gradient: for each loss-form group, the difference of its mean to the group of the
+      same method and target that uses the method's default gradient form (its Table 2 row);
+    * between groups: the range and standard deviation of the group means.
+    """
+    groups = _groups(rows)
+    vals = {g: _knn(rs) for g, rs in groups.items()}
+    means = {g: statistics.mean(v) for g, v in vals.items() if v}
+    out = []
+    sds = [statistics.stdev(v) for v in vals.values() if len(v) >= 2]
+    if sds:
+        pooled = math.sqrt(statistics.mean(s * s for s in sds))
+        out.append(
+            f"- seed to seed: pooled std {pooled:.2f} over {len(sds)} groups "
+            f"(largest {max(sds):.2f})"
+        )
+    for g, rs in groups.items():
+        r = rs[0]
+        if r["form"] != "loss" or g not in means:
+            continue
+        spec = get_method(r["method"])
+        if not spec.grads:
+            continue
+        ref = spec.form("grad")
+        twin = [
+            h
+            for h, hs in groups.items()
+            if h in means
+            and hs[0]["form"] == "grad"
+            and hs[0]["method"] == r["method"]
+            and hs[0]["target"] == r["target"]
+            and hs[0]["row"] == (ref.row or ref.key)
+        ]
+        for h in twin:
+            d = means[g] - means[h]
+            out.append(f"- loss form {g} minus gradient form {h}: {d:+.2f}")
+    if len(means) >= 2:
+        lo, hi = min(means, key=means.__getitem__), max(means, key=means.__getitem__)
+        sd = f", std {statistics.stdev(means.values()):.2f}" if len(means) > 2 else ""
+        out.append(
+            f"- between groups: {means[lo]:.2f} ({lo}) to {means[hi]:.2f} ({hi}), "
+            f"range {means[hi] - means[lo]:.2f}{sd}"
+        )
+    return out
+
+
+def results_markdown(rows: list[dict[str, Any]], baseline: dict[str, float] | None) -> str:
+    groups = _groups(rows)
     lines = [
         "| run | method | form | row | target | norm | pos grad | balance | neg grad | set | "
         "kNN top-1 | linear top-1 | seeds |",
@@ -187,6 +247,9 @@ def results_markdown(rows: list[dict[str, Any]], baseline: dict[str, float] | No
             f"Random-init backbone: kNN top-1 {baseline.get('knn_top1', float('nan')):.2f}, "
             f"linear top-1 {baseline.get('linear_top1', float('nan')):.2f}.",
         ]
+    spread = spread_summary(rows)
+    if spread:
+        lines += ["", "Spread of kNN top-1 (points):", "", *spread]
     return "\n".join(lines) + "\n"
 
 
