@@ -25,6 +25,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,8 +157,13 @@ def write_results(out: Path, rows: list[dict[str, Any]], baseline: dict[str, flo
     (out / "results.md").write_text(results_markdown(rows, baseline))
 
 
-def _mean_std(vals: list[float]) -> str:
-    vals = [v for v in vals if v is not None and v == v]
+def _finite(vals: Iterable[float | None]) -> list[float]:
+    """The values that were measured: drops ``None`` and NaN (a run without that evaluation)."""
+    return [float(v) for v in vals if v is not None and v == v]
+
+
+def _mean_std(vals: list[float | None]) -> str:
+    vals = _finite(vals)
     if not vals:
         return "-"
     if len(vals) == 1:
@@ -172,10 +178,6 @@ def _groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return groups
 
 
-def _knn(rs: list[dict[str, Any]]) -> list[float]:
-    return [float(v) for v in (x.get("knn_top1") for x in rs) if v is not None and v == v]
-
-
 def spread_summary(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown bullets: seed-to-seed, loss-vs-gradient-form and between-group spread of kNN top-1.
 
@@ -185,7 +187,7 @@ def spread_summary(rows: list[dict[str, Any]]) -> list[str]:
     * between groups: the range and standard deviation of the group means.
     """
     groups = _groups(rows)
-    vals = {g: _knn(rs) for g, rs in groups.items()}
+    vals = {g: _finite(x.get("knn_top1") for x in rs) for g, rs in groups.items()}
     means = {g: statistics.mean(v) for g, v in vals.items() if v}
     out = []
     sds = [statistics.stdev(v) for v in vals.values() if len(v) >= 2]
