@@ -11,7 +11,8 @@ import argparse
 
 import torch
 
-from unigrad.objective import Objective, TargetOut
+from unigrad.objective import Objective
+from unigrad.targets import TargetOut
 
 FORMS = [
     ("unigrad", "grad", None),
