@@ -14,14 +14,17 @@ import torch
 from unigrad.objective import Objective
 from unigrad.targets import TargetOut
 
-FORMS = [
-    ("unigrad", "grad", None),
-    ("simclr", "grad", "b"),
-    ("directpred", "grad", "e"),
-    ("vicreg", "grad", "j"),
-    ("vicreg", "grad", "i"),
-    ("barlow_twins", "grad", "f"),
-    ("barlow_twins", "loss", None),
+FORMS = [  # (method, form, variant, hyperparameters)
+    ("unigrad", "grad", None, {}),
+    ("simclr", "grad", "b", {}),
+    ("directpred", "grad", "e", {}),
+    ("vicreg", "grad", "j", {}),
+    ("vicreg", "grad", "i", {}),
+    ("barlow_twins", "grad", "f", {}),
+    ("barlow_twins", "loss", None, {}),
+    ("barlow_twins", "grad", "h", {}),
+    ("barlow_twins", "grad", "f", {"scale_loss": 1.0}),  # eq. 8 summed over channels
+    ("barlow_twins", "loss", None, {"scale_loss": 1.0}),
 ]
 
 
@@ -34,15 +37,17 @@ def main() -> None:
     base = 0.1 * torch.randn(a.n, a.dim) + torch.randn(1, a.dim)
     ref = 0.0
     print(f"{'method':<13} {'form':<5} {'row':<5} {'|dL/dz| per sample':>19} {'x UniGrad':>10}")
-    for method, form, variant in FORMS:
-        obj = Objective(method, form, variant, dim=a.dim)
+    for method, form, variant, hp in FORMS:
+        obj = Objective(method, form, variant, dim=a.dim, **hp)
         z = [(base + 0.05 * torch.randn_like(base)).requires_grad_() for _ in range(2)]
         t = TargetOut(pos=[x.detach() for x in z], neg=[x.detach() for x in z])
         obj(z, t)  # first call fills the EMA correlation matrix
         loss, _ = obj(z, t)
         g = torch.autograd.grad(loss, z)[0].norm(dim=1).mean().item()
         ref = ref or g  # UniGrad comes first
-        print(f"{method:<13} {form:<5} {variant or '-':<5} {g:19.3e} {g / ref:10.2f}")
+        extra = " ".join(f"{k}={v:g}" for k, v in hp.items())
+        line = f"{method:<13} {form:<5} {variant or '-':<5} {g:19.3e} {g / ref:10.2f}  {extra}"
+        print(line.rstrip())
 
 
 if __name__ == "__main__":

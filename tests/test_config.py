@@ -46,6 +46,8 @@ def test_wrong_type_is_refused():
         ({"method": "simclr", "cutmix": True}, "unigrad"),
         ({"cutmix": True, "target": "stopgrad"}, "momentum or snapshot"),
         ({"symmetry": "asym", "method": "vicreg"}, "directional"),
+        ({"method": "barlow_twins", "scale_loss": 0.0}, "scale_loss must be > 0"),
+        ({"method": "vicreg", "scale_loss": 0.5}, "barlow_twins only"),
     ],
 )
 def test_invalid_values_are_refused_with_the_reason(bad, match):

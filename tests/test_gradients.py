@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from unigrad import gradients as G
+from unigrad import losses as L
 from unigrad.derivations import EXACT_TOL, run_checks
 from unigrad.methods import METHODS
 from unigrad.objective import Objective
@@ -131,11 +132,32 @@ def test_balance_factor_follows_projector_width():
     assert Objective("unigrad", dim=512, lambd=100.0).lambd == 100.0
 
 
+def test_barlow_bn_forms_are_averaged_over_channels_by_default(float64):
+    """scale_loss defaults to 1/C for BN embeddings (norm sqrt C), 1 for row h (l2)."""
+    assert Objective("barlow_twins", "grad", "f", dim=512).scale_loss == 1 / 512
+    assert Objective("barlow_twins", "loss", dim=512).scale_loss == 1 / 512
+    assert Objective("barlow_twins", "grad", "h", dim=512).scale_loss == 1.0
+    z, t = _views(seed=7)
+    c = z[0].shape[1]
+    for form, variant in (("loss", None), ("grad", "f"), ("grad", "g")):
+        one = _grad(Objective("barlow_twins", form, variant, dim=c, scale_loss=1.0).double(), z, t)
+        auto = _grad(Objective("barlow_twins", form, variant, dim=c).double(), z, t)
+        assert torch.allclose(auto, one / c, rtol=1e-12, atol=0)
+    eq8, _ = Objective("barlow_twins", "loss", dim=c, scale_loss=1.0).double()(
+        z, TargetOut(pos=t, neg=t)
+    )
+    bn = [(x - x.mean(0)) / x.std(0, unbiased=False) for x in (z[0], t[1], z[1], t[0])]
+    by_hand = (L.barlow_twins_loss(bn[0], bn[1]) + L.barlow_twins_loss(bn[2], bn[3])) / 2
+    assert torch.allclose(eq8, by_hand, rtol=1e-4)  # BN eps 1e-5
+
+
 @pytest.mark.parametrize("bad", [{"lambd": -1.0}, {"tau": 0.0}, {"corr_source": "x"}])
 def test_invalid_hyperparameters_are_refused(bad):
     method = "moco" if "tau" in bad else "unigrad"
     with pytest.raises(ValueError):
         Objective(method, dim=4, **bad)
+    with pytest.raises(ValueError, match="scale_loss"):
+        Objective("barlow_twins", dim=4, scale_loss=0.0)
 
 
 def test_cutmix_positive_mixes_unmixed_targets(float64):

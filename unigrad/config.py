@@ -42,6 +42,7 @@ class Config:
     var_weight: float | None = None
     cov_weight: float | None = None
     gamma: float | None = None
+    scale_loss: float | None = None  # Barlow Twins only; None: 1/proj_dim for BN forms, else 1
     # networks
     backbone: str = "resnet18"
     width: float = 1.0
@@ -230,6 +231,12 @@ def validate(cfg: Config) -> None:
         v = getattr(cfg, key)
         _check(v is None or v >= 0, f"{key} must be >= 0, got {v}")
     _check(cfg.tau is None or cfg.tau > 0, f"tau must be > 0, got {cfg.tau}")
+    sl = cfg.scale_loss
+    _check(sl is None or sl > 0, f"scale_loss must be > 0, got {sl}")
+    _check(
+        sl is None or cfg.method == "barlow_twins",
+        f"scale_loss applies to barlow_twins only, not {cfg.method}; remove it",
+    )
     _check(cfg.rho is None or 0 <= cfg.rho < 1, f"rho must be in [0, 1), got {cfg.rho}")
     _check(cfg.bank_size is None or cfg.bank_size >= 1, "bank_size must be >= 1")
     _check(cfg.corr_source in (None, "target", "online"), "corr_source must be target or online")

@@ -8,6 +8,13 @@ Balance factors that multiply a correlation-type negative (sum_v (u.v/N) v or F 
 embedding width C: for unit vectors F has trace 1, so an isotropic F has eigenvalues 1/C, and the
 paper's values were tuned for C = 2048. Their default is ``table_value * C / 2048``
 (``scales_with_dim``); an explicit ``lambd`` is used as given.
+
+Barlow Twins' batch-normalised embeddings have norm sqrt(C) where l2-normalised ones have norm 1,
+and eq. 8 sums C diagonal terms, so its gradient is about C times every other row's (measured by
+``bench/grad_scale.py``: 443x UniGrad's at C = 512). Its authors absorb this with LARS and a
+``scale-loss`` factor; under the one SGD learning rate of a fair comparison the BN forms are
+multiplied by ``scale_loss`` = 1/C by default (``Form.default_scale``), i.e. eq. 8 averaged over
+channels instead of summed. ``scale_loss = 1`` gives eq. 8 as written.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ class Form:
         if self.balance is None:
             return None
         return self.balance * dim / REFERENCE_DIM if self.scales_with_dim else self.balance
+
+    def default_scale(self, dim: int) -> float:
+        """Loss multiplier: 1/C for batch-normalised embeddings (norm sqrt(C)), else 1."""
+        return 1.0 / dim if self.norm == "bn" else 1.0
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,8 @@ class Objective(nn.Module):
         dim: embedding width C.
         symmetry: ``sym``, ``asym`` or ``asym2x`` (directional methods only).
         **hparams: overrides of the method's defaults (tau, lambd, rho, eps, bank_size,
-            corr_source, sim_weight, var_weight, cov_weight, gamma); None means default.
+            corr_source, sim_weight, var_weight, cov_weight, gamma, scale_loss); None means
+            default.
     """
 
     def __init__(
@@ -105,6 +106,10 @@ class Objective(nn.Module):
         self.tau = float(hp.get("tau", 0.2))
         self.eps = float(hp.get("eps", 0.3))
         self.corr_source = str(hp.get("corr_source", "target"))
+        scale = hp.get("scale_loss")
+        self.scale_loss = float(scale) if scale is not None else self.form.default_scale(dim)
+        if self.scale_loss <= 0:
+            raise ValueError(f"scale_loss must be > 0, got {self.scale_loss}")
         if self.lambd is not None and self.lambd < 0:
             raise ValueError(f"lambd must be >= 0, got {self.lambd}")
         if self.tau <= 0:
@@ -291,7 +296,7 @@ class Objective(nn.Module):
                     L.vicreg_loss(self._gather(online[i]), self._gather(targets.pos[j[0]]), **w)
                     for i, j in pairs
                 ]
-            return torch.stack(terms).mean()
+            return torch.stack(terms).mean() * (self.scale_loss if m == "barlow_twins" else 1.0)
         g, u = {}, {}
         for i, (j,) in pairs:
             u[i] = self._local(online[i])
@@ -299,7 +304,9 @@ class Objective(nn.Module):
             v1 = self._global(online[i].detach())
             if m == "barlow_twins":
                 w = L.cross_correlation(v1, self._global(targets.neg[j].detach()))
-                g[i] = G.grad_barlow(u[i], pos, w, self.lambd, full_a=self.form.key == "f")
+                g[i] = self.scale_loss * G.grad_barlow(
+                    u[i], pos, w, self.lambd, full_a=self.form.key == "f"
+                )
                 stats["diag_max"] = torch.diagonal(w).max()
                 stats["diag_min"] = torch.diagonal(w).min()
             elif self.form.key == "j":

@@ -129,6 +129,7 @@ class Trainer:
             var_weight=cfg.var_weight,
             cov_weight=cfg.cov_weight,
             gamma=cfg.gamma,
+            scale_loss=cfg.scale_loss,
         ).to(self.device)
         self.net: nn.Module = self.model
         if self.distributed:
