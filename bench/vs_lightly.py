@@ -67,7 +67,8 @@ def loss_check(c: int = 512, n: int = 256) -> None:
     )
     ours = Objective("vicreg", "loss", dim=c)([z0, z1], TargetOut([z0, z1], [z0, z1]))[0]
     rows.append(("vicreg", float(LL.VICRegLoss()(z0, z1)), float(ours), "same"))
-    ours = Objective("barlow_twins", "loss", dim=c)([z0, z1], TargetOut([z0, z1], [z0, z1]))[0]
+    bt = Objective("barlow_twins", "loss", dim=c, scale_loss=1.0)  # eq. 8 unscaled, as lightly
+    ours = bt([z0, z1], TargetOut([z0, z1], [z0, z1]))[0]
     rows.append(("barlow_twins", float(LL.BarlowTwinsLoss()(z0, z1)), float(ours), "same"))
     print("## loss on the same embeddings (N=256, C=512)")
     print(f"{'method':<14}{'lightly':>14}{'unigrad':>14}  note")
