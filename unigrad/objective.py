@@ -285,7 +285,8 @@ class Objective(nn.Module):
         if self.kind == "loss":
             if m == "barlow_twins":
                 terms = [
-                    L.barlow_twins_loss(
+                    self.scale_loss
+                    * L.barlow_twins_loss(
                         self._global(online[i]), self._global(targets.pos[j[0]]), self.lambd
                     )
                     for i, j in pairs
@@ -296,7 +297,7 @@ class Objective(nn.Module):
                     L.vicreg_loss(self._gather(online[i]), self._gather(targets.pos[j[0]]), **w)
                     for i, j in pairs
                 ]
-            return torch.stack(terms).mean() * (self.scale_loss if m == "barlow_twins" else 1.0)
+            return torch.stack(terms).mean()
         g, u = {}, {}
         for i, (j,) in pairs:
             u[i] = self._local(online[i])
