@@ -156,7 +156,7 @@ def test_barlow_bn_forms_are_averaged_over_channels_by_default(float64):
 )
 def test_invalid_hyperparameters_are_refused(bad):
     method = "moco" if "tau" in bad else "unigrad"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=next(iter(bad))):  # the message names the key
         Objective(method, dim=4, **bad)
 
 
