@@ -2,6 +2,7 @@
 
 import csv
 import json
+import statistics
 
 import pytest
 import yaml
@@ -79,7 +80,14 @@ def test_compare_runs_skips_and_tabulates(tmp_path, tiny_folder, capsys):
     assert rows[2]["row"] == "f" and rows[2]["norm"] == "bn" and rows[2]["balance"] == "0.005"
     md = (out / "results.md").read_text()
     assert "| uni | unigrad | grad |" in md and "±" in md and "Random-init backbone" in md
-    assert json.loads((out / "baseline.json").read_text())["knn_top1"] >= 0
+    # one random-init baseline per seed, evaluated by that seed's first run, shared by the rest
+    assert "init_knn_top1" in json.loads((out / "uni-s1" / "result.json").read_text())
+    assert "init_knn_top1" not in json.loads((out / "bt-f-s1" / "result.json").read_text())
+    assert rows[3]["init_knn_top1"] == rows[1]["init_knn_top1"] != ""
+    assert "- seed 0: kNN top-1" in md and "- seed 1: kNN top-1" in md
+    gain = float(rows[3]["knn_top1"]) - float(rows[3]["init_knn_top1"])
+    bt = float(rows[2]["knn_top1"]) - float(rows[2]["init_knn_top1"])
+    assert f"| {statistics.mean([bt, gain]):+.2f} / " in md.split("| bt-f |")[1].splitlines()[0]
     assert (out / "report" / "report.md").exists()
     # second call: everything is skipped; an unfinished run resumes from its checkpoint
     (out / "uni-s1" / "result.json").unlink()

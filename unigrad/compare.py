@@ -126,6 +126,23 @@ def describe(cfg: Any) -> dict[str, Any]:
     }
 
 
+# What the random-init baseline of a run depends on: the backbone's initialisation and the
+# evaluation protocol. Runs that agree on these share one baseline, evaluated once.
+BASELINE_KEYS = (
+    "seed", "backbone", "width", "cifar_stem", "image_size", "norm",
+    "data", "dataset", "eval_split", "knn_k", "knn_t", "final_linear_epochs",
+)  # fmt: skip
+
+
+def baseline_key(cfg: Any) -> tuple[Any, ...]:
+    return tuple(getattr(cfg, k) for k in BASELINE_KEYS)
+
+
+def init_scores(result: dict[str, Any]) -> dict[str, float]:
+    """The random-init scores a run's result carries (``init_knn_top1`` ...), or {}."""
+    return {k: v for k, v in result.items() if k.startswith("init_")}
+
+
 FIELDS = [
     "run",
     "group",
@@ -145,16 +162,20 @@ FIELDS = [
     "linear_top5",
     "final_pos_sim",
     "final_channel_std",
+    "init_knn_top1",
+    "init_linear_top1",
     "wall_s",
 ]
 
 
-def write_results(out: Path, rows: list[dict[str, Any]], baseline: dict[str, float] | None) -> None:
+def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
+    """``results.csv`` and ``results.md``; each row carries the ``init_*`` scores of its own
+    random-init baseline (same seed and backbone) where one was measured."""
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    (out / "results.md").write_text(results_markdown(rows, baseline))
+    (out / "results.md").write_text(results_markdown(rows))
 
 
 def _finite(vals: Iterable[float | None]) -> list[float]:
@@ -227,12 +248,23 @@ def spread_summary(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def results_markdown(rows: list[dict[str, Any]], baseline: dict[str, float] | None) -> str:
+def _gain(rs: list[dict[str, Any]], metric: str) -> str:
+    """Mean over seeds of (run - random-init backbone of the same seed), '-' if unmeasured."""
+    gains = _finite(
+        r[metric] - r[f"init_{metric}"]
+        if r.get(metric) is not None and r.get(f"init_{metric}") is not None
+        else None
+        for r in rs
+    )
+    return f"{statistics.mean(gains):+.2f}" if len(gains) == len(rs) else "-"
+
+
+def results_markdown(rows: list[dict[str, Any]]) -> str:
     groups = _groups(rows)
     lines = [
         "| run | method | form | row | target | norm | pos grad | balance | neg grad | set | "
-        "kNN top-1 | linear top-1 | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "kNN top-1 | linear top-1 | over random (kNN / linear) | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rs in groups.items():
         r = rs[0]
@@ -241,13 +273,22 @@ def results_markdown(rows: list[dict[str, Any]], baseline: dict[str, float] | No
         lines.append(
             f"| {name} | {r['method']} | {r['form']} | {r['row']} | {r['target']} | "
             f"{r['norm']} | `{r['pos_grad']}` | {r['balance']} | `{r['neg_grad']}` | "
-            f"{r['sample_set']} | {knn} | {lin} | {len(rs)} |"
+            f"{r['sample_set']} | {knn} | {lin} | "
+            f"{_gain(rs, 'knn_top1')} / {_gain(rs, 'linear_top1')} | {len(rs)} |"
         )
-    if baseline:
+    inits = sorted(
+        {
+            (r["seed"], r["init_knn_top1"], r.get("init_linear_top1"))
+            for r in rows
+            if r.get("init_knn_top1") is not None
+        },
+        key=str,
+    )
+    if inits:
+        lines += ["", 'Random-init backbone (the baseline of the "over random" column):', ""]
         lines += [
-            "",
-            f"Random-init backbone: kNN top-1 {baseline.get('knn_top1', float('nan')):.2f}, "
-            f"linear top-1 {baseline.get('linear_top1', float('nan')):.2f}.",
+            f"- seed {s}: kNN top-1 {k:.2f}" + ("" if lin is None else f", linear top-1 {lin:.2f}")
+            for s, k, lin in inits
         ]
     spread = spread_summary(rows)
     if spread:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -69,27 +68,29 @@ def _compare(p: argparse.ArgumentParser) -> None:
                 )
             return 0
         out.mkdir(parents=True, exist_ok=True)
-        baseline_path = out / "baseline.json"
+        # one random-init baseline per seed and backbone: taken from finished runs, else
+        # evaluated by the first run of that seed (see compare.BASELINE_KEYS)
+        baselines: dict[tuple, dict[str, float]] = {}
+        for _, cfg in runs:
+            if init := C.init_scores(C.load_result(Path(cfg.out)) or {}):
+                baselines.setdefault(C.baseline_key(cfg), init)
         rows = []
         for i, (spec, cfg) in enumerate(runs, 1):
-            run_dir = Path(cfg.out)
-            result = C.load_result(run_dir)
+            key = C.baseline_key(cfg)
+            result = C.load_result(Path(cfg.out))  # now: another process may have finished it
             if result is None:
                 print(f"[{i}/{len(runs)}] {spec.run_id}", flush=True)
                 try:
-                    result = _train(cfg, spec, first=not baseline_path.exists(), quiet=a.quiet)
+                    result = _train(cfg, spec, first=key not in baselines, quiet=a.quiet)
                 except Interrupted as e:
                     print(f"{e}; run the same command again to resume this grid", flush=True)
                     return 128 + e.signum
-                baseline = {k[5:]: v for k, v in result.items() if k.startswith("init_")}
-                if baseline:
-                    baseline_path.write_text(json.dumps(baseline))
-                C.save_result(run_dir, result)
+                C.save_result(Path(cfg.out), result)
+                baselines.setdefault(key, C.init_scores(result))
             else:
                 print(f"[{i}/{len(runs)}] {spec.run_id}: done, skipped", flush=True)
-            rows.append(result)
-            baseline = json.loads(baseline_path.read_text()) if baseline_path.exists() else None
-            C.write_results(out, rows, baseline)
+            rows.append({**baselines.get(key, {}), **result})
+            C.write_results(out, rows)
         from unigrad.report import write_report
 
         write_report([c.out for _, c in runs], out / "report")
@@ -106,7 +107,7 @@ def _train(cfg, spec, first: bool, quiet: bool) -> dict:
     from unigrad import compare as C
     from unigrad.trainer import Trainer
 
-    cfg = dataclasses.replace(cfg, knn_baseline=first)  # the random-init baseline runs once
+    cfg = dataclasses.replace(cfg, knn_baseline=first)  # once per seed and backbone
     start = time.perf_counter()
     trainer = Trainer(cfg, resume=True, show_progress=not quiet)
     final = trainer.fit()
