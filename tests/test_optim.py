@@ -33,10 +33,23 @@ def test_lars_excludes_bias_and_norm_from_decay_and_adaptation():
 
 
 def test_sgd_decays_everything_and_predictor_lr_can_stay_fixed():
-    opt = build_optimizer(_model(), "sgd", lr=0.1, weight_decay=1e-4, fixed_lr_prefix="predictor.")
+    opt = build_optimizer(_model(), "sgd", lr=0.1, weight_decay=1e-4, predictor_fixed_lr=True)
     assert isinstance(opt, torch.optim.SGD) and all(
         g["weight_decay"] == 1e-4 for g in opt.param_groups
     )
     set_lr(opt, 0.01, peak=0.1)
     lrs = sorted(g["lr"] for g in opt.param_groups)
     assert lrs == pytest.approx([0.01, 0.1])
+
+
+def test_predictor_lr_scale_multiplies_only_the_predictor():
+    assert len(build_optimizer(_model(), "sgd", lr=0.1, weight_decay=0).param_groups) == 1
+    opt = build_optimizer(_model(), "sgd", lr=0.1, weight_decay=0, predictor_lr_scale=10)
+    set_lr(opt, 0.01, peak=0.1)
+    by_lr = {g["lr"]: sum(p.numel() for p in g["params"]) for g in opt.param_groups}
+    assert by_lr == pytest.approx({0.01: 3 * 4 + 4 + 4 + 4, 0.1: 4 * 4 + 4})
+    opt = build_optimizer(
+        _model(), "sgd", lr=0.1, weight_decay=0, predictor_fixed_lr=True, predictor_lr_scale=2
+    )
+    set_lr(opt, 0.01, peak=0.1)
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([0.01, 0.2])

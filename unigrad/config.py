@@ -91,6 +91,7 @@ class Config:
     warmup_epochs: float = 5.0
     min_lr_ratio: float = 1e-3
     predictor_fixed_lr: bool | None = None  # None: the method's (SimSiam: True)
+    predictor_lr_scale: float = 1.0  # the learned predictor's lr / the backbone's
     momentum_base: float | None = None  # EMA momentum at step 0; None: method's (0.996)
     momentum_final: float = 1.0
     # system

@@ -39,29 +39,34 @@ def param_groups(
     weight_decay: float,
     exclude_bias_norm: bool,
     bias_lr_scale: float = 1.0,
-    fixed_lr_prefix: str | None = None,
+    predictor_prefix: str | None = None,
+    predictor_fixed_lr: bool = False,
+    predictor_lr_scale: float = 1.0,
 ) -> list[dict]:
     """Split parameters into groups carrying ``lr_scale`` and ``fixed_lr`` flags.
 
     Args:
         exclude_bias_norm: biases and norm weights get weight_decay 0 (and no LARS adaptation)
             and learning rate ``base_lr_bias`` (``bias_lr_scale`` times the weights' lr).
-        fixed_lr_prefix: parameters whose name starts with it keep the peak lr (SimSiam's
-            predictor).
+        predictor_prefix: names of the predictor's parameters start with it; they keep the
+            peak lr if ``predictor_fixed_lr`` (SimSiam) and their lr is multiplied by
+            ``predictor_lr_scale`` (a larger predictor lr, as BYOL/SimSiam recipes often need).
     """
+    separate = predictor_fixed_lr or predictor_lr_scale != 1.0
     groups: dict[tuple[bool, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         special = exclude_bias_norm and is_bias_or_norm(name, p)
-        fixed = fixed_lr_prefix is not None and name.startswith(fixed_lr_prefix)
+        pred = separate and predictor_prefix is not None and name.startswith(predictor_prefix)
         g = groups.setdefault(
-            (special, fixed),
+            (special, pred),
             {
                 "params": [],
                 "weight_decay": 0.0 if special else weight_decay,
-                "lr_scale": bias_lr_scale if special else 1.0,
-                "fixed_lr": fixed,
+                "lr_scale": (bias_lr_scale if special else 1.0)
+                * (predictor_lr_scale if pred else 1.0),
+                "fixed_lr": pred and predictor_fixed_lr,
             },
         )
         g["params"].append(p)
@@ -75,11 +80,21 @@ def build_optimizer(
     weight_decay: float,
     momentum: float = 0.9,
     bias_lr_scale: float = 1.0,
-    fixed_lr_prefix: str | None = None,
+    predictor_fixed_lr: bool = False,
+    predictor_lr_scale: float = 1.0,
+    predictor_prefix: str = "predictor.",
 ) -> torch.optim.Optimizer:
     """``sgd`` (weight decay on every parameter, as SimSiam/UniGrad) or ``lars``."""
     lars = name == "lars"
-    groups = param_groups(model, weight_decay, lars, bias_lr_scale, fixed_lr_prefix)
+    groups = param_groups(
+        model,
+        weight_decay,
+        lars,
+        bias_lr_scale,
+        predictor_prefix,
+        predictor_fixed_lr,
+        predictor_lr_scale,
+    )
     if lars:
         return Lars(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)

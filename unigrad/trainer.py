@@ -150,7 +150,8 @@ class Trainer:
             cfg.weight_decay,
             cfg.sgd_momentum,
             bias_lr_scale=(cfg.base_lr_bias or cfg.base_lr) / cfg.base_lr,
-            fixed_lr_prefix="predictor." if fixed else None,
+            predictor_fixed_lr=fixed,
+            predictor_lr_scale=cfg.predictor_lr_scale,
         )
         warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.lr = lr_schedule(self.peak_lr, self.total_steps, warmup, cfg.min_lr_ratio)
