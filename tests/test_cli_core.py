@@ -1,6 +1,8 @@
 """The core sub-commands: `unigrad methods` and `unigrad check-gradients`."""
 
 import json
+import subprocess
+import sys
 
 from unigrad.cli import main
 from unigrad.methods import METHODS
@@ -49,3 +51,13 @@ def test_user_error_prints_one_line_without_traceback(capsys):
     code = main(["pretrain", "--method", "nope", "--out", "/tmp/x"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: unknown method 'nope'") and "Traceback" not in err
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    cmd = [sys.executable, "-m", "unigrad", "compare", "--grid", "table2", "--dry-run"]
+    p = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    p.stdout.close()  # like `| head -0`: every write fails with EPIPE
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and "Traceback" not in err and "Exception ignored" not in err
