@@ -47,6 +47,8 @@ def test_wrong_type_is_refused():
         ({"cutmix": True, "target": "stopgrad"}, "momentum or snapshot"),
         ({"symmetry": "asym", "method": "vicreg"}, "directional"),
         ({"method": "barlow_twins", "scale_loss": 0.0}, "scale_loss must be > 0"),
+        ({"predictor_lr_scale": 0.0}, "predictor_lr_scale must be > 0"),
+        ({"method": "moco", "predictor_lr_scale": 10.0}, "learned predictor"),
         ({"method": "vicreg", "scale_loss": 0.5}, "barlow_twins only"),
     ],
 )

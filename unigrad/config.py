@@ -254,6 +254,13 @@ def validate(cfg: Config) -> None:
     _check(cfg.optimizer in ("sgd", "lars"), "optimizer must be sgd or lars")
     _check(cfg.norm in ("bn", "gn", "none"), "norm must be bn, gn or none")
     _check(cfg.base_lr > 0, "base_lr must be > 0")
+    _check(cfg.predictor_lr_scale > 0, "predictor_lr_scale must be > 0")
+    learned = [n for n, m in METHODS.items() if m.predictor == "mlp"]
+    _check(
+        spec.predictor == "mlp" or (cfg.predictor_lr_scale == 1 and not cfg.predictor_fixed_lr),
+        f"predictor_lr_scale and predictor_fixed_lr apply to methods with a learned predictor "
+        f"({', '.join(learned)}), not {cfg.method}; remove them",
+    )
     _check(cfg.weight_decay >= 0, "weight_decay must be >= 0")
     _check(0 <= cfg.warmup_epochs <= cfg.epochs, "warmup_epochs must be in [0, epochs]")
     _check(cfg.pipeline in ("auto", "fast", "standard"), "pipeline must be auto, fast or standard")
