@@ -83,3 +83,22 @@ def test_run_directory_contract(tmp_path, tiny_folder):
     assert 0 <= final["knn_top1"] <= 100
     names = {r["name"] for r in metrics(out)}
     assert {"pos_sim", "lr", "img_per_s", "knn_top1", "diag/pos_cos", "diag/channel_std"} <= names
+
+
+@pytest.mark.parametrize(
+    ("over", "fixed", "scale"),
+    [
+        ({"method": "simsiam"}, True, 1.0),  # the method's default: predictor at the peak lr
+        ({"method": "simsiam", "predictor_fixed_lr": False}, False, 1.0),
+        ({"method": "byol", "predictor_lr_scale": 10.0}, False, 10.0),
+    ],
+)
+def test_predictor_lr_settings_reach_the_optimizer(tmp_path, tiny_folder, over, fixed, scale):
+    cfg = build_config(TINY, {"data": str(tiny_folder), "out": str(tmp_path / "run")}, over)
+    tr = Trainer(cfg, show_progress=False)
+    pred = {id(p) for n, p in tr.model.named_parameters() if n.startswith("predictor.")}
+    assert pred
+    for g in tr.optimizer.param_groups:
+        for p in g["params"]:
+            assert g["fixed_lr"] == (id(p) in pred and fixed)
+            assert g["lr_scale"] == (scale if id(p) in pred else 1.0)

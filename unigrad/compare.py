@@ -250,12 +250,8 @@ def spread_summary(rows: list[dict[str, Any]]) -> list[str]:
 
 def _gain(rs: list[dict[str, Any]], metric: str) -> str:
     """Mean over seeds of (run - random-init backbone of the same seed), '-' if unmeasured."""
-    gains = _finite(
-        r[metric] - r[f"init_{metric}"]
-        if r.get(metric) is not None and r.get(f"init_{metric}") is not None
-        else None
-        for r in rs
-    )
+    pairs = [(r.get(metric), r.get(f"init_{metric}")) for r in rs]
+    gains = _finite(v - v0 for v, v0 in pairs if v is not None and v0 is not None)
     return f"{statistics.mean(gains):+.2f}" if len(gains) == len(rs) else "-"
 
 

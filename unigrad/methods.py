@@ -140,7 +140,7 @@ METHODS: dict[str, MethodSpec] = {
         target="stopgrad",
         predictor="mlp",
         loss=Form("loss", "loss", "", "l2", "-cos(h(u1), sg(u2))", "(in predictor)", "-", None),
-        hparams={"momentum_base": 1.0},
+        hparams={"momentum_base": 1.0, "predictor_fixed_lr": True},
     ),
     "directpred": MethodSpec(
         name="directpred",

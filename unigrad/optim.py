@@ -39,7 +39,7 @@ def param_groups(
     weight_decay: float,
     exclude_bias_norm: bool,
     bias_lr_scale: float = 1.0,
-    predictor_prefix: str | None = None,
+    predictor_prefix: str = "predictor.",
     predictor_fixed_lr: bool = False,
     predictor_lr_scale: float = 1.0,
 ) -> list[dict]:
@@ -58,7 +58,7 @@ def param_groups(
         if not p.requires_grad:
             continue
         special = exclude_bias_norm and is_bias_or_norm(name, p)
-        pred = separate and predictor_prefix is not None and name.startswith(predictor_prefix)
+        pred = separate and name.startswith(predictor_prefix)
         g = groups.setdefault(
             (special, pred),
             {

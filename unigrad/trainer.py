@@ -142,7 +142,7 @@ class Trainer:
         self.peak_lr = cfg.base_lr * cfg.batch_size / 256
         fixed = cfg.predictor_fixed_lr
         if fixed is None:
-            fixed = cfg.method == "simsiam"
+            fixed = bool(self.spec.hparams.get("predictor_fixed_lr", False))
         self.optimizer = build_optimizer(
             self.model,
             cfg.optimizer,
