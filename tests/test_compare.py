@@ -134,3 +134,21 @@ def test_spread_summary_pairs_loss_with_its_gradient_row():
     assert sum("minus" in x for x in lines) == 1
     assert lines[-1].startswith("- between groups: 10.00 (a-moco-stopgrad) to 44.00 (moco-loss)")
     assert C.spread_summary(rows[:1]) == []
+
+
+def test_random_init_lines_sort_seeds_and_name_varied_backbones():
+    cols = dict(method="moco", form="grad", row="a", target="momentum", norm="l2", pos_grad="p")
+    cols |= dict(balance="1", neg_grad="n", sample_set="bank", knn_top1=50.0, linear_top1=55.0)
+
+    def row(seed, backbone, knn0):
+        return dict(cols, group=backbone, seed=seed, backbone=backbone, init_knn_top1=knn0)
+
+    one = [row(10, "r18", 30.0), row(2, "r18", 31.0), row(2, "r18", 31.0)]
+    md = C.results_markdown(one)
+    assert md.index("- seed 2: kNN top-1 31.00") < md.index("- seed 10: kNN top-1 30.00")
+    assert md.count("- seed 2:") == 1
+    two = C.results_markdown([*one, row(2, "r50", 33.0)])
+    assert "- seed 2 (r18): kNN top-1 31.00" in two and "- seed 2 (r50): kNN top-1 33.00" in two
+    # results written before the backbone was recorded still get their lines
+    old = C.results_markdown([{k: v for k, v in r.items() if k != "backbone"} for r in one])
+    assert "- seed 2: kNN top-1 31.00" in old

@@ -138,6 +138,12 @@ def baseline_key(cfg: Any) -> tuple[Any, ...]:
     return tuple(getattr(cfg, k) for k in BASELINE_KEYS)
 
 
+def backbone_label(cfg: Any) -> str:
+    """The backbone as the random-init lines of ``results.md`` name it."""
+    stem = ", CIFAR stem" if cfg.cifar_stem else ""
+    return f"{cfg.backbone} x{cfg.width:g}{stem}, {cfg.image_size} px"
+
+
 def init_scores(result: dict[str, Any]) -> dict[str, float]:
     """The random-init scores a run's result carries (``init_knn_top1`` ...), or {}."""
     return {k: v for k, v in result.items() if k.startswith("init_")}
@@ -147,6 +153,7 @@ FIELDS = [
     "run",
     "group",
     "seed",
+    "backbone",
     "method",
     "form",
     "row",
@@ -272,19 +279,19 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
             f"{r['sample_set']} | {knn} | {lin} | "
             f"{_gain(rs, 'knn_top1')} / {_gain(rs, 'linear_top1')} | {len(rs)} |"
         )
-    inits = sorted(
-        {
-            (r["seed"], r["init_knn_top1"], r.get("init_linear_top1"))
-            for r in rows
-            if r.get("init_knn_top1") is not None
-        },
-        key=str,
-    )
+    # one line per (seed, backbone); the backbone is named only when the grid varies it
+    inits = {
+        (int(r["seed"]), r.get("backbone", "")): (r["init_knn_top1"], r.get("init_linear_top1"))
+        for r in rows
+        if r.get("init_knn_top1") is not None
+    }
     if inits:
+        named = len({b for _, b in inits}) > 1
         lines += ["", 'Random-init backbone (the baseline of the "over random" column):', ""]
         lines += [
-            f"- seed {s}: kNN top-1 {k:.2f}" + ("" if lin is None else f", linear top-1 {lin:.2f}")
-            for s, k, lin in inits
+            f"- seed {s}{f' ({b})' if named else ''}: kNN top-1 {k:.2f}"
+            + ("" if lin is None else f", linear top-1 {lin:.2f}")
+            for (s, b), (k, lin) in sorted(inits.items())
         ]
     spread = spread_summary(rows)
     if spread:

@@ -116,6 +116,7 @@ def _train(cfg, spec, first: bool, quiet: bool) -> dict:
         "run": spec.run_id,
         "group": spec.name,
         "seed": spec.seed,
+        "backbone": C.backbone_label(cfg),
         **C.describe(cfg),
         **final,
         "final_pos_sim": diag.get("pos_sim"),
