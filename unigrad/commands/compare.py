@@ -89,7 +89,7 @@ def _compare(p: argparse.ArgumentParser) -> None:
                 baselines.setdefault(key, C.init_scores(result))
             else:
                 print(f"[{i}/{len(runs)}] {spec.run_id}: done, skipped", flush=True)
-            rows.append({**baselines.get(key, {}), **result})
+            rows.append({**baselines.get(key, {}), **result, "backbone": C.backbone_label(cfg)})
             C.write_results(out, rows)
         from unigrad.report import write_report
 
@@ -116,7 +116,6 @@ def _train(cfg, spec, first: bool, quiet: bool) -> dict:
         "run": spec.run_id,
         "group": spec.name,
         "seed": spec.seed,
-        "backbone": C.backbone_label(cfg),
         **C.describe(cfg),
         **final,
         "final_pos_sim": diag.get("pos_sim"),
