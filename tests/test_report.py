@@ -1,14 +1,16 @@
 import csv
 import math
+import warnings
 
 import pytest
 import torch
 import yaml
+from matplotlib.figure import Figure
 
 from unigrad.cli import main
 from unigrad.diagnostics import write_spectrum
 from unigrad.errors import UserError
-from unigrad.report import PLOTS, read_metrics, write_report
+from unigrad.report import PLOTS, draw_plot, load_run, read_metrics, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -103,3 +105,26 @@ def test_cli_report(tmp_path, capsys):
     assert all((tmp_path / "o" / p.file).exists() for p in PLOTS[:5])
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "metrics.csv not found" in capsys.readouterr().err
+
+
+def test_a_whole_grid_gets_one_legend_under_the_panels(tmp_path):
+    runs = [make_run(tmp_path / f"r{i:02d}", "simclr", steps=5) for i in range(44)]
+    plot = next(p for p in PLOTS if p.file == "similarity.png")
+    drawn = []
+    real_savefig = Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        drawn.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. constrained_layout giving up under a huge legend
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Figure, "savefig", savefig)
+            ok, _ = draw_plot(plot, [load_run(r) for r in runs], tmp_path)
+    assert ok and (tmp_path / "similarity.png").read_bytes()[:8] == PNG_MAGIC
+    (fig,) = drawn
+    assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 44
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    styles = {(str(line.get_color()), line.get_linestyle()) for line in fig.axes[0].get_lines()}
+    assert len(styles) == 44  # no two runs drawn alike

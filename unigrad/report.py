@@ -14,8 +14,10 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from unigrad.diagnostics import SPECTRUM_FILE, read_spectrum
@@ -145,6 +147,19 @@ def _series(run: Run, panel: Panel) -> tuple[str, Series] | None:
     return None
 
 
+_LEGEND_INSIDE_MAX = 8  # runs; more get one legend under the panels
+_LEGEND_COLUMNS = 4
+_STYLES = ("-", "--", ":", "-.")
+
+
+def _line_style(i: int, n: int) -> dict[str, Any]:
+    """Colour and line style of run ``i`` of ``n``: the 10-colour cycle for up to 10 runs, then
+    20 colours x 4 line styles, so that up to 80 runs are drawn distinctly."""
+    if n <= 10:
+        return {"color": f"C{i}", "linestyle": "-"}
+    return {"color": colormaps["tab20"](i % 20), "linestyle": _STYLES[i // 20 % len(_STYLES)]}
+
+
 def draw_plot(plot: Plot, runs: list[Run], out: Path) -> tuple[bool, list[str]]:
     """Draw ``plot`` into ``out/plot.file`` when some run has one of its metrics.
 
@@ -155,7 +170,10 @@ def draw_plot(plot: Plot, runs: list[Run], out: Path) -> tuple[bool, list[str]]:
         names = ", ".join(f"`{m}`" for p in plot.panels for m in p.metrics)
         return False, [f"{plot.title}: not plotted, no run logged {names}"]
     notes = []
-    fig = Figure(figsize=(5.5 * len(plot.panels), 4), layout="constrained")
+    # many runs (a whole grid): one legend under the panels instead of one covering each panel
+    shared = len(runs) > _LEGEND_INSIDE_MAX
+    rows = math.ceil(len(runs) / _LEGEND_COLUMNS) if shared else 0
+    fig = Figure(figsize=(5.5 * len(plot.panels), 4 + 0.2 * rows), layout="constrained")
     for ax, panel in zip(
         fig.subplots(1, len(plot.panels), squeeze=False)[0], plot.panels, strict=True
     ):
@@ -169,15 +187,28 @@ def draw_plot(plot: Plot, runs: list[Run], out: Path) -> tuple[bool, list[str]]:
                 steps,
                 values,
                 label=run.label,
-                color=f"C{i}",
+                **_line_style(i, len(runs)),
                 marker="." if len(steps) < 30 else None,
             )
             if panel.metrics[0] == "diag/channel_std" and run.config.get("proj_dim"):
                 ref = 1 / math.sqrt(run.config["proj_dim"])
-                ax.axhline(ref, color=f"C{i}", linestyle="--", linewidth=0.8)
+                ax.axhline(ref, color=_line_style(i, len(runs))["color"], ls="--", lw=0.8)
         ax.set(xlabel="step", ylabel=panel.ylabel, yscale="log" if panel.logy else "linear")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if not shared:
+            ax.legend(fontsize="small")
+    if shared:
+        handles = {}  # label -> line, over every panel (a run may miss a panel's metric)
+        for ax in fig.axes:
+            lines, labels = ax.get_legend_handles_labels()
+            handles.update(zip(labels, lines, strict=True))
+        fig.legend(
+            handles.values(),
+            handles.keys(),
+            loc="outside lower center",
+            ncol=_LEGEND_COLUMNS,
+            fontsize="x-small",
+        )
     fig.suptitle(plot.title)
     fig.savefig(out / plot.file, dpi=110)
     return True, notes
