@@ -139,7 +139,7 @@ METHODS: dict[str, MethodSpec] = {
         description="SimSiam: learned predictor, stop-gradient target, -cos",
         target="stopgrad",
         predictor="mlp",
-        loss=Form("loss", "loss", "", "l2", "-cos(h(u1), sg(u2))", "(in predictor)", "-", None),
+        loss=Form("loss", "loss", "", "l2", "-cos(h(u1), u2^t)", "(in predictor)", "-", None),
         hparams={"momentum_base": 1.0, "predictor_fixed_lr": True},
     ),
     "directpred": MethodSpec(
