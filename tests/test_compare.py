@@ -152,3 +152,6 @@ def test_random_init_lines_sort_seeds_and_name_varied_backbones():
     # results written before the backbone was recorded still get their lines
     old = C.results_markdown([{k: v for k, v in r.items() if k != "backbone"} for r in one])
     assert "- seed 2: kNN top-1 31.00" in old
+    # two baselines of one seed and backbone label (say, another eval split) both stay listed
+    split = C.results_markdown([*one, dict(row(2, "r18", 29.0), group="other-split")])
+    assert "- seed 2: kNN top-1 29.00" in split and "- seed 2: kNN top-1 31.00" in split

@@ -279,19 +279,19 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
             f"{r['sample_set']} | {knn} | {lin} | "
             f"{_gain(rs, 'knn_top1')} / {_gain(rs, 'linear_top1')} | {len(rs)} |"
         )
-    # one line per (seed, backbone); the backbone is named only when the grid varies it
+    # one line per distinct baseline; the backbone is named only when the grid varies it
     inits = {
-        (int(r["seed"]), r.get("backbone", "")): (r["init_knn_top1"], r.get("init_linear_top1"))
+        (int(r["seed"]), r.get("backbone", ""), r["init_knn_top1"], r.get("init_linear_top1"))
         for r in rows
         if r.get("init_knn_top1") is not None
     }
     if inits:
-        named = len({b for _, b in inits}) > 1
+        named = len({b for _, b, _, _ in inits}) > 1
         lines += ["", 'Random-init backbone (the baseline of the "over random" column):', ""]
         lines += [
             f"- seed {s}{f' ({b})' if named else ''}: kNN top-1 {k:.2f}"
             + ("" if lin is None else f", linear top-1 {lin:.2f}")
-            for (s, b), (k, lin) in sorted(inits.items())
+            for s, b, k, lin in sorted(inits, key=lambda x: x[:3])
         ]
     spread = spread_summary(rows)
     if spread:

@@ -183,16 +183,12 @@ def draw_plot(plot: Plot, runs: list[Run], out: Path) -> tuple[bool, list[str]]:
                 notes.append(f"{plot.title}: {run.label} has no {' / '.join(panel.metrics)}")
                 continue
             steps, values = zip(*found[1], strict=True)
-            ax.plot(
-                steps,
-                values,
-                label=run.label,
-                **_line_style(i, len(runs)),
-                marker="." if len(steps) < 30 else None,
-            )
+            style = _line_style(i, len(runs))
+            marker = "." if len(steps) < 30 else None
+            ax.plot(steps, values, label=run.label, marker=marker, **style)
             if panel.metrics[0] == "diag/channel_std" and run.config.get("proj_dim"):
                 ref = 1 / math.sqrt(run.config["proj_dim"])
-                ax.axhline(ref, color=_line_style(i, len(runs))["color"], ls="--", lw=0.8)
+                ax.axhline(ref, color=style["color"], linestyle="--", linewidth=0.8)
         ax.set(xlabel="step", ylabel=panel.ylabel, yscale="log" if panel.logy else "linear")
         ax.grid(alpha=0.3)
         if not shared:
@@ -231,7 +227,7 @@ def draw_spectrum(runs: list[Run], out: Path, file: str = "spectrum.png") -> tup
                 ax.plot(ev.numpy(), color=f"C{j}", label=f"{run.label} step {s}")
         else:
             ev = run.spectrum[steps[-1]].clamp_min(1e-12)
-            ax.plot(ev.numpy(), color=f"C{i}", label=f"{run.label} step {steps[-1]}")
+            ax.plot(ev.numpy(), label=f"{run.label} step {steps[-1]}", **_line_style(i, len(runs)))
     ax.set(xlabel="index", ylabel="eigenvalue of F", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
