@@ -172,6 +172,9 @@ FIELDS = [
     "init_knn_top1",
     "init_linear_top1",
     "wall_s",
+    "img_per_s",
+    "precision",
+    "host",
 ]
 
 

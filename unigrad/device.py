@@ -37,3 +37,24 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
             return torch.float16
         return torch.bfloat16 if cpu_has_native_bf16() else None
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The training precision as results record it: fp32, bf16 or fp16."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def host_label(device: torch.device) -> str:
+    """What a measurement ran on: the GPU's name, or the CPU's model and vector ISA."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"{model} ({isa}{', native bf16' if cpu_has_native_bf16() else ''})"

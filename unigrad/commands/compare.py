@@ -112,6 +112,8 @@ def _train(cfg, spec, first: bool, quiet: bool) -> dict:
     trainer = Trainer(cfg, resume=True, show_progress=not quiet)
     final = trainer.fit()
     diag = _last_diagnostics(Path(cfg.out))
+    from unigrad.device import host_label, precision_name
+
     return {
         "run": spec.run_id,
         "group": spec.name,
@@ -121,6 +123,9 @@ def _train(cfg, spec, first: bool, quiet: bool) -> dict:
         "final_pos_sim": diag.get("pos_sim"),
         "final_channel_std": diag.get("diag/channel_std"),
         "wall_s": round(time.perf_counter() - start, 1),
+        "img_per_s": diag.get("img_per_s_mean"),
+        "precision": precision_name(trainer.amp),
+        "host": host_label(trainer.device),
     }
 
 
@@ -128,7 +133,12 @@ def _last_diagnostics(run_dir: Path) -> dict[str, float]:
     import csv
 
     last: dict[str, float] = {}
+    speeds: list[float] = []
     with open(run_dir / "metrics.csv", newline="") as f:
         for r in csv.DictReader(f):
             last[r["name"]] = float(r["value"])
+            if r["name"] == "img_per_s":
+                speeds.append(float(r["value"]))
+    if speeds:  # training throughput, the first window (warm-up, compilation) left out
+        last["img_per_s_mean"] = round(sum(speeds[1:] or speeds) / len(speeds[1:] or speeds), 1)
     return last
