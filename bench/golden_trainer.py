@@ -1,0 +1,62 @@
+"""Exact checksums of 20 deterministic fp32 training steps through the real ``Trainer`` for every
+method x form x variant: run before and after a refactor on the same host, the two files must be
+identical (``diff``). Host-specific (CPU kernels), so the file is not committed; the float64
+cross-host guard is ``tests/test_golden.py``.
+
+    python bench/golden_trainer.py OUT.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import TINY, make_image_folder  # noqa: E402
+
+from unigrad.config import build_config  # noqa: E402
+from unigrad.methods import METHODS  # noqa: E402
+
+
+def configs():
+    for name in ("moco", "simclr", "byol", "simsiam", "directpred", "barlow_twins", "vicreg",
+                 "unigrad"):
+        spec = METHODS[name]
+        if spec.loss is not None:
+            yield f"{name}-loss", {"method": name, "form": "loss"}
+        for key in spec.grads:
+            yield f"{name}-grad-{key}", {"method": name, "form": "grad", "variant": key}
+    yield "unigrad-multicrop-cutmix", {"method": "unigrad", "multi_crop": "2x16,2x8",
+                                       "cutmix": True}
+
+
+def main(out: str) -> None:
+    from unigrad.trainer import Trainer
+
+    torch.set_num_threads(1)
+    sums = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_image_folder(Path(tmp) / "data")
+        for name, over in configs():
+            cfg = build_config(TINY, {"data": str(data), "out": f"{tmp}/{name}", "max_steps": 20,
+                                      "deterministic": True, "amp": "off", "diag_every": 0,
+                                      "knn_every": 0, "epochs": 10}, over)
+            tr = Trainer(cfg, show_progress=False)
+            tr._loop()
+            h = hashlib.sha256()
+            for part in (tr.model, tr.target, tr.objective):
+                for k, v in part.state_dict().items():
+                    h.update(k.encode())
+                    h.update(v.detach().cpu().contiguous().numpy().tobytes())
+            sums[name] = h.hexdigest()[:16]
+            print(name, sums[name], flush=True)
+    Path(out).write_text(json.dumps(sums, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
