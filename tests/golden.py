@@ -42,8 +42,8 @@ def cases() -> dict[str, dict]:
                              "views": 4}
     out["byol-stopgrad"] = {"method": "byol", "form": "loss", "target": "stopgrad"}
     out["simclr-loss-momentum"] = {"method": "simclr", "form": "loss", "target": "momentum"}
-    out["simclr-grad-shared"] = {"method": "simclr", "form": "grad", "variant": "b",
-                                 "target": "shared"}
+    out["simclr-grad-momentum"] = {"method": "simclr", "form": "grad", "variant": "b",
+                                   "target": "momentum"}
     out["moco-grad-momentum_pos"] = {"method": "moco", "form": "grad", "variant": "a",
                                      "target": "momentum_pos"}
     out["vicreg-grad-j-momentum"] = {"method": "vicreg", "form": "grad", "variant": "j",
