@@ -10,12 +10,13 @@ RECORD = json.loads(GOLDEN.read_text())
 
 #: Cases that must coincide: a loss form and its exact gradient form (MoCo eq. 18, DirectPred
 #: eq. 26, UniGrad eq. 14; multi-crop too), eq. 27 vs 28 (the dropped term vanishes on the
-#: sphere's tangent), and UniGrad with F from the online outputs, which is row e.
+#: sphere's tangent), NT-Xent with detached (momentum) targets vs row b (eq. 21), and UniGrad with F from the online outputs, which is row e.
 IDENTICAL = [
     {"moco-loss", "moco-grad-a"},
     {"directpred-loss", "directpred-grad-eq26"},
     {"directpred-grad-d", "directpred-grad-eq27"},
     {"directpred-grad-e", "unigrad-grad-online"},
+    {"simclr-loss-momentum", "simclr-grad-momentum"},
     {"unigrad-loss", "unigrad-grad-unigrad"},
     {"unigrad-grad-multicrop", "unigrad-loss-multicrop"},
 ]
