@@ -17,35 +17,56 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY, make_image_folder  # noqa: E402
+from conftest import TINY, make_image_folder
 
-from unigrad.config import build_config  # noqa: E402
-from unigrad.methods import METHODS  # noqa: E402
+from unigrad.config import build_config
+from unigrad.methods import METHODS
 
 
 def configs():
-    for name in ("moco", "simclr", "byol", "simsiam", "directpred", "barlow_twins", "vicreg",
-                 "unigrad"):
+    for name in (
+        "moco",
+        "simclr",
+        "byol",
+        "simsiam",
+        "directpred",
+        "barlow_twins",
+        "vicreg",
+        "unigrad",
+    ):
         spec = METHODS[name]
         if spec.loss is not None:
             yield f"{name}-loss", {"method": name, "form": "loss"}
         for key in spec.grads:
             yield f"{name}-grad-{key}", {"method": name, "form": "grad", "variant": key}
-    yield "unigrad-multicrop-cutmix", {"method": "unigrad", "multi_crop": "2x16,2x8",
-                                       "cutmix": True}
+    yield (
+        "unigrad-multicrop-cutmix",
+        {"method": "unigrad", "multi_crop": "2x16,2x8", "cutmix": True},
+    )
 
 
 def main(out: str) -> None:
-    from unigrad.trainer import Trainer
+    from unigrad.engine.trainer import Trainer
 
     torch.set_num_threads(1)
     sums = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = make_image_folder(Path(tmp) / "data")
         for name, over in configs():
-            cfg = build_config(TINY, {"data": str(data), "out": f"{tmp}/{name}", "max_steps": 20,
-                                      "deterministic": True, "amp": "off", "diag_every": 0,
-                                      "knn_every": 0, "epochs": 10}, over)
+            cfg = build_config(
+                TINY,
+                {
+                    "data": str(data),
+                    "out": f"{tmp}/{name}",
+                    "max_steps": 20,
+                    "deterministic": True,
+                    "amp": "off",
+                    "diag_every": 0,
+                    "knn_every": 0,
+                    "epochs": 10,
+                },
+                over,
+            )
             tr = Trainer(cfg, show_progress=False)
             tr._loop()
             h = hashlib.sha256()

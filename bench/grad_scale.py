@@ -11,8 +11,8 @@ import argparse
 
 import torch
 
-from unigrad.objective import Objective
-from unigrad.targets import TargetOut
+from unigrad.core.objective import Objective
+from unigrad.core.targets import TargetOut
 
 FORMS = [  # (method, form, variant, hyperparameters)
     ("unigrad", "grad", None, {}),

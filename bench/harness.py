@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from unigrad.config import build_config, load_yaml
-from unigrad.pipeline import step_generator
-from unigrad.trainer import Trainer
+from unigrad.data.pipeline import step_generator
+from unigrad.engine.trainer import Trainer
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from unigrad.objective import Objective
-from unigrad.targets import TargetOut
+from unigrad.core.objective import Objective
+from unigrad.core.targets import TargetOut
 
 METHODS = [("unigrad", "grad"), ("barlow_twins", "loss"), ("simclr", "loss"), ("moco", "loss")]
 

@@ -13,8 +13,8 @@ import time
 
 from harness import machine, make_trainer
 
-from unigrad.pipeline import step_generator
-from unigrad.profiling import SectionTimer
+from unigrad.data.pipeline import step_generator
+from unigrad.engine.profiling import SectionTimer
 
 BACKBONE = ("online forward", "target forward", "backward")
 

@@ -31,9 +31,9 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.transforms import SimCLRTransform
 from torchvision.datasets import ImageFolder
 
-from unigrad.networks import resnet_backbone
-from unigrad.objective import Objective
-from unigrad.targets import TargetOut
+from unigrad.core.objective import Objective
+from unigrad.core.targets import TargetOut
+from unigrad.models.networks import resnet_backbone
 
 METHODS = ("byol", "simclr", "barlow_twins", "vicreg", "simsiam")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from unigrad.core.targets import TargetBranch, cosine_momentum
 from unigrad.methods import METHODS
-from unigrad.targets import TargetBranch, cosine_momentum
 
 GOLDEN = Path(__file__).with_name("golden.json")
 STEPS, N, D_IN, C = 20, 12, 10, 8
@@ -26,8 +26,16 @@ STEPS, N, D_IN, C = 20, 12, 10, 8
 def cases() -> dict[str, dict]:
     out: dict[str, dict] = {}
     for name, spec in METHODS.items():
-        if name not in ("moco", "simclr", "byol", "simsiam", "directpred", "barlow_twins",
-                        "vicreg", "unigrad"):
+        if name not in (
+            "moco",
+            "simclr",
+            "byol",
+            "simsiam",
+            "directpred",
+            "barlow_twins",
+            "vicreg",
+            "unigrad",
+        ):
             continue  # methods added after the golden record have their own tests
         if spec.loss is not None:
             out[f"{name}-loss"] = {"method": name, "form": "loss"}
@@ -38,23 +46,38 @@ def cases() -> dict[str, dict]:
     out["unigrad-grad-cutmix"] = {"method": "unigrad", "form": "grad", "cutmix": True}
     out["unigrad-grad-online"] = {"method": "unigrad", "form": "grad", "corr_source": "online"}
     out["simsiam-asym"] = {"method": "simsiam", "form": "loss", "symmetry": "asym"}
-    out["simsiam-asym2x"] = {"method": "simsiam", "form": "loss", "symmetry": "asym2x",
-                             "views": 4}
+    out["simsiam-asym2x"] = {"method": "simsiam", "form": "loss", "symmetry": "asym2x", "views": 4}
     out["byol-stopgrad"] = {"method": "byol", "form": "loss", "target": "stopgrad"}
     out["simclr-loss-momentum"] = {"method": "simclr", "form": "loss", "target": "momentum"}
-    out["simclr-grad-momentum"] = {"method": "simclr", "form": "grad", "variant": "b",
-                                   "target": "momentum"}
-    out["moco-grad-momentum_pos"] = {"method": "moco", "form": "grad", "variant": "a",
-                                     "target": "momentum_pos"}
-    out["vicreg-grad-j-momentum"] = {"method": "vicreg", "form": "grad", "variant": "j",
-                                     "target": "momentum"}
-    out["barlow-grad-f-snapshot"] = {"method": "barlow_twins", "form": "grad", "variant": "f",
-                                     "target": "snapshot"}
+    out["simclr-grad-momentum"] = {
+        "method": "simclr",
+        "form": "grad",
+        "variant": "b",
+        "target": "momentum",
+    }
+    out["moco-grad-momentum_pos"] = {
+        "method": "moco",
+        "form": "grad",
+        "variant": "a",
+        "target": "momentum_pos",
+    }
+    out["vicreg-grad-j-momentum"] = {
+        "method": "vicreg",
+        "form": "grad",
+        "variant": "j",
+        "target": "momentum",
+    }
+    out["barlow-grad-f-snapshot"] = {
+        "method": "barlow_twins",
+        "form": "grad",
+        "variant": "f",
+        "target": "snapshot",
+    }
     return out
 
 
 def _model(with_pred: bool) -> nn.Module:
-    from unigrad.networks import Encoder, SiameseModel, mlp
+    from unigrad.models.networks import Encoder, SiameseModel, mlp
 
     backbone = nn.Sequential(nn.Linear(D_IN, 16), nn.BatchNorm1d(16), nn.ReLU())
     pred = mlp(C, 12, C, depth=2, norm="bn") if with_pred else None
@@ -64,7 +87,7 @@ def _model(with_pred: bool) -> nn.Module:
 def run(case: dict) -> list[float]:
     """Fingerprint after STEPS steps: (sum, l2 norm) of every model, target and objective
     tensor."""
-    from unigrad.objective import Mix, Objective, target_views
+    from unigrad.core.objective import Mix, Objective, target_views
 
     torch.manual_seed(0)
     method = METHODS[case["method"]]
@@ -74,8 +97,14 @@ def run(case: dict) -> list[float]:
     hp = {k: case[k] for k in ("corr_source",) if k in case}
     if case["method"] == "moco":
         hp["bank_size"] = 36
-    objective = Objective(case["method"], case["form"], case.get("variant"), dim=C,
-                          symmetry=case.get("symmetry", "sym"), **hp).double()
+    objective = Objective(
+        case["method"],
+        case["form"],
+        case.get("variant"),
+        dim=C,
+        symmetry=case.get("symmetry", "sym"),
+        **hp,
+    ).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     momentum = cosine_momentum(0.9, 1.0, STEPS)
     n_views = case.get("views", 2)
@@ -98,8 +127,11 @@ def run(case: dict) -> list[float]:
         opt.step()
         target.update(model.encoder, float(momentum[step]), step + 1)
         objective.after_step()
-    tensors = [*model.state_dict().values(), *target.state_dict().values(),
-               *objective.state_dict().values()]
+    tensors = [
+        *model.state_dict().values(),
+        *target.state_dict().values(),
+        *objective.state_dict().values(),
+    ]
     out = []
     for x in tensors:
         if x.is_floating_point():

@@ -5,8 +5,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from unigrad import kernels as K
-from unigrad.augment import (
+from unigrad.config import Config
+from unigrad.data.augment import (
     AugmentSpec,
     FastAugment,
     ViewParams,
@@ -17,8 +17,8 @@ from unigrad.augment import (
     sample_view_params,
     sampled_params,
 )
-from unigrad.config import Config
-from unigrad.data import MEAN, STD
+from unigrad.data.datasets import MEAN, STD
+from unigrad.data import kernels as K
 from unigrad.errors import UserError
 
 OFF = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import TINY, make_image_folder
 
-from unigrad.checkpoint import load_checkpoint
 from unigrad.cli import main
+from unigrad.engine.checkpoint import load_checkpoint
 
 
 def pretrain(capsys, tmp_path, *args, cfg=None):
@@ -106,10 +106,10 @@ def test_invalid_settings(capsys, tmp_path, folder, args, message):
 
 
 def test_batch_not_divisible_by_world_size(tmp_path, folder, monkeypatch):
-    from unigrad import dist
     from unigrad.config import build_config
+    from unigrad.core import dist
+    from unigrad.engine.trainer import Trainer
     from unigrad.errors import UserError
-    from unigrad.trainer import Trainer
 
     monkeypatch.setattr(dist, "world_size", lambda: 3)
     cfg = build_config(TINY, {"data": str(folder), "out": str(tmp_path / "r")})

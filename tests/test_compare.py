@@ -8,8 +8,8 @@ import pytest
 import yaml
 from conftest import TINY
 
-from unigrad import compare as C
 from unigrad.cli import main
+from unigrad.experiments import grid as C
 
 
 @pytest.mark.parametrize("name", C.grid_names())
@@ -98,7 +98,7 @@ def test_compare_runs_skips_and_tabulates(tmp_path, tiny_folder, capsys):
 
 
 def test_compare_interrupted_exits_cleanly(tmp_path, tiny_folder, capsys, monkeypatch):
-    from unigrad.trainer import Interrupted, Trainer
+    from unigrad.engine.trainer import Interrupted, Trainer
 
     def stop(self):
         raise Interrupted(15, self.out / "last.ckpt")

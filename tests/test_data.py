@@ -9,8 +9,8 @@ from conftest import SHARED_CIFAR
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from unigrad import data as D
-from unigrad import inmemory as M
+from unigrad.data import datasets as D
+from unigrad.data import inmemory as M
 from unigrad.errors import UserError
 
 

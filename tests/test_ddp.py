@@ -12,7 +12,7 @@ import torch
 import yaml
 from conftest import TINY
 
-from unigrad.checkpoint import load_checkpoint
+from unigrad.engine.checkpoint import load_checkpoint
 
 DDP_CFG = {
     **TINY,

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unigrad.diagnostics import (
+from unigrad.eval.diagnostics import (
     SPECTRUM_FILE,
     barlow_diag,
     channel_std,

@@ -14,10 +14,10 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from unigrad.core.objective import Objective
+from unigrad.core.targets import TargetBranch
 from unigrad.methods import METHODS
-from unigrad.networks import Encoder, SiameseModel
-from unigrad.objective import Objective
-from unigrad.targets import TargetBranch
+from unigrad.models.networks import Encoder, SiameseModel
 
 N, D, C = 8, 6, 8
 
@@ -109,6 +109,6 @@ def test_two_ranks_equal_one_process(two_process_results, cfg):
 
 def test_plain_all_reduce_would_scale_gradients_by_one_over_world_size():
     """The bug class this design avoids: non-autograd all-reduce inside a loss."""
-    from unigrad import dist as udist
+    from unigrad.core import dist as udist
 
     assert udist.world_size() == 1 and udist.gather_with_grad(torch.ones(2)).shape == (2,)

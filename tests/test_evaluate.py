@@ -10,18 +10,18 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from unigrad import checkpoint
-from unigrad.checkpoint import save_checkpoint
-from unigrad.classifier import class_balanced_subset, fold_standardization, train_linear
 from unigrad.cli import main
+from unigrad.engine import checkpoint
+from unigrad.engine.checkpoint import save_checkpoint
 from unigrad.errors import UserError
-from unigrad.evaluate import (
+from unigrad.eval.features import (
     extract_features,
     knn_eval,
     knn_predict_scores,
     load_backbone,
 )
-from unigrad.networks import build_model
+from unigrad.eval.linear import class_balanced_subset, fold_standardization, train_linear
+from unigrad.models.networks import build_model
 
 TINY = {**conftest.TINY, "method": "simclr"}
 

@@ -2,11 +2,11 @@ import torch
 import torchvision
 from torch import nn
 
-from unigrad.checkpoint import save_checkpoint
 from unigrad.cli import main
-from unigrad.evaluate import load_backbone
-from unigrad.export import export_backbone
-from unigrad.networks import build_model
+from unigrad.engine.checkpoint import save_checkpoint
+from unigrad.eval.export import export_backbone
+from unigrad.eval.features import load_backbone
+from unigrad.models.networks import build_model
 
 
 def make_checkpoint(path, **arch):

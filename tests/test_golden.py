@@ -10,7 +10,8 @@ RECORD = json.loads(GOLDEN.read_text())
 
 #: Cases that must coincide: a loss form and its exact gradient form (MoCo eq. 18, DirectPred
 #: eq. 26, UniGrad eq. 14; multi-crop too), eq. 27 vs 28 (the dropped term vanishes on the
-#: sphere's tangent), NT-Xent with detached (momentum) targets vs row b (eq. 21), and UniGrad with F from the online outputs, which is row e.
+#: sphere's tangent), NT-Xent with detached (momentum) targets vs row b (eq. 21), and UniGrad
+#: with F from the online outputs, which is row e.
 IDENTICAL = [
     {"moco-loss", "moco-grad-a"},
     {"directpred-loss", "directpred-grad-eq26"},
@@ -47,7 +48,7 @@ def test_golden_cases_coincide_exactly_where_the_paper_says():
     assert sorted(map(sorted, (g for g in groups.values() if len(g) > 1))) == sorted(
         map(sorted, IDENTICAL)
     )
-    from unigrad.objective import Objective
+    from unigrad.core.objective import Objective
 
     base = run(cases()["unigrad-grad-unigrad"])
     orig = Objective.__init__

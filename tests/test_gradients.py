@@ -5,12 +5,12 @@ import itertools
 import pytest
 import torch
 
-from unigrad import gradients as G
-from unigrad import losses as L
-from unigrad.derivations import EXACT_TOL, run_checks
+from unigrad.core import gradients as G
+from unigrad.core import losses as L
+from unigrad.core.objective import Objective
+from unigrad.core.targets import TargetOut
+from unigrad.experiments.derivations import EXACT_TOL, run_checks
 from unigrad.methods import METHODS
-from unigrad.objective import Objective
-from unigrad.targets import TargetOut
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -161,7 +161,7 @@ def test_invalid_hyperparameters_are_refused(bad):
 
 
 def test_cutmix_positive_mixes_unmixed_targets(float64):
-    from unigrad.objective import Mix
+    from unigrad.core.objective import Mix
 
     z, t = _views(seed=7)
     perm = torch.roll(torch.arange(12), 1)
@@ -199,7 +199,7 @@ def test_multicrop_local_views_take_the_mean_of_global_targets(float64):
 
 
 def test_pairing_modes():
-    from unigrad.objective import pair_views
+    from unigrad.core.objective import pair_views
 
     assert pair_views(2) == [(0, [1]), (1, [0])]
     assert pair_views(4) == [(0, [1]), (1, [0]), (2, [0, 1]), (3, [0, 1])]

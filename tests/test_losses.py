@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unigrad import losses as L
+from unigrad.core import losses as L
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from unigrad.networks import build_model, mlp, resnet_backbone
+from unigrad.models.networks import build_model, mlp, resnet_backbone
 
 
 def test_resnet18_width_and_cifar_stem():

@@ -7,7 +7,7 @@ import torch
 from timm.optim import Lars
 from torch import nn
 
-from unigrad.optim import build_optimizer, lr_schedule, set_lr
+from unigrad.engine.optim import build_optimizer, lr_schedule, set_lr
 
 
 def test_lr_schedule_warmup_then_cosine():

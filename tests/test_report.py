@@ -8,9 +8,9 @@ import yaml
 from matplotlib.figure import Figure
 
 from unigrad.cli import main
-from unigrad.diagnostics import write_spectrum
 from unigrad.errors import UserError
-from unigrad.report import PLOTS, draw_plot, load_run, read_metrics, write_report
+from unigrad.eval.diagnostics import write_spectrum
+from unigrad.experiments.report import PLOTS, draw_plot, load_run, read_metrics, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

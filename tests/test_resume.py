@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import TINY
 
-from unigrad.checkpoint import CheckpointError, latest_good, load_checkpoint, save_checkpoint
+from unigrad.engine.checkpoint import CheckpointError, latest_good, load_checkpoint, save_checkpoint
 
 KILL_CFG = {
     **TINY,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from unigrad.samples import CorrelationEMA, MemoryBank, directpred_predictor
-from unigrad.targets import TargetBranch, cosine_momentum
+from unigrad.core.samples import CorrelationEMA, MemoryBank, directpred_predictor
+from unigrad.core.targets import TargetBranch, cosine_momentum
 
 
 def test_memory_bank_fills_then_wraps_around():

@@ -8,10 +8,10 @@ import torch
 import yaml
 from conftest import TINY
 
-from unigrad.checkpoint import load_checkpoint
 from unigrad.config import build_config
+from unigrad.engine.checkpoint import load_checkpoint
+from unigrad.engine.trainer import Trainer
 from unigrad.methods import METHODS
-from unigrad.trainer import Trainer
 
 
 def run(tmp_path, folder, **over):

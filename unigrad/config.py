@@ -17,10 +17,10 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from unigrad.core.objective import DIRECTIONAL, SYMMETRIES
+from unigrad.core.targets import TARGETS
 from unigrad.errors import UserError
 from unigrad.methods import METHODS, get_method
-from unigrad.objective import DIRECTIONAL, SYMMETRIES
-from unigrad.targets import TARGETS
 
 
 @dataclass

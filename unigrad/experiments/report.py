@@ -3,7 +3,7 @@
 
 A run is a folder with ``metrics.csv`` (long format ``step,epoch,name,value``), optionally
 ``config.yaml`` (for the legend: run name and method) and ``spectrum.csv`` (F's eigenvalues,
-see :func:`unigrad.diagnostics.write_spectrum`). Metrics a run lacks are skipped, and the
+see :func:`unigrad.eval.diagnostics.write_spectrum`). Metrics a run lacks are skipped, and the
 report says which. Figures use matplotlib's object API (Agg), never pyplot's global state.
 """
 
@@ -20,8 +20,8 @@ import yaml
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from unigrad.diagnostics import SPECTRUM_FILE, read_spectrum
 from unigrad.errors import UserError
+from unigrad.eval.diagnostics import SPECTRUM_FILE, read_spectrum
 
 METRICS_FILE = "metrics.csv"
 Series = list[tuple[int, float]]

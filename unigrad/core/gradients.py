@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from unigrad.losses import infonce_logits
+from unigrad.core.losses import infonce_logits
 
 
 def surrogate(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -88,7 +88,7 @@ def grad_vicreg(
     eps: float = 1e-4,
     extra_term: bool = True,
 ) -> torch.Tensor:
-    """Row (i), eq. 39, for :func:`unigrad.losses.vicreg_loss`'s normalisation (mean over N*C):
+    """Row (i), eq. 39, for :func:`unigrad.core.losses.vicreg_loss`'s normalisation (mean over N*C):
 
     (2 w_sim / C) * (-pos + lambda * sum_v (u~.v~ / N) v~ + [u - lambda * B u~]),
     B = N / (2 w_sim lambda (N-1)) * (4 w_cov W'_diag + w_var/2 * diag(1[gamma > std] / std)),

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from unigrad.data import MEAN, STD
+from unigrad.data.datasets import MEAN, STD
 from unigrad.errors import UserError
-from unigrad.evaluate import extract_features, progress_bar
+from unigrad.eval.features import extract_features, progress_bar
 
 #: Batches are (inputs, labels); a source yields one epoch of them each time it is called.
 BatchSource = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]

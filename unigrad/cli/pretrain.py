@@ -98,8 +98,8 @@ def _pretrain(p: argparse.ArgumentParser) -> None:
 
     def run(a: argparse.Namespace) -> int:
         cfg = config_from_args(a)
-        from unigrad import dist
-        from unigrad.trainer import Interrupted, Trainer
+        from unigrad.core import dist
+        from unigrad.engine.trainer import Interrupted, Trainer
 
         try:
             trainer = Trainer(cfg, resume=a.resume, show_progress=not a.quiet)

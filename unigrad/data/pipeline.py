@@ -3,7 +3,7 @@
 Two pipelines with one interface (:class:`TrainData`):
 
 * ``fast``: the split decoded once into a uint8 tensor [N, 3, H, W]; whole batches are
-  augmented as tensors (:class:`unigrad.augment.FastAugment`) with a generator seeded by
+  augmented as tensors (:class:`unigrad.data.augment.FastAugment`) with a generator seeded by
   (seed, step, rank);
 * ``standard``: torchvision per-image transforms in DataLoader workers, randomness a pure
   function of (seed, epoch, index).
@@ -21,8 +21,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from unigrad import augment, data, dist, inmemory
 from unigrad.config import Config
+from unigrad.core import dist
+from unigrad.data import augment, inmemory
+from unigrad.data import datasets as data
 from unigrad.errors import UserError
 
 
@@ -73,7 +75,7 @@ class TrainData:
     def features(self, backbone: nn.Module) -> tuple[torch.Tensor, ...] | None:
         """Backbone features of the train split (the kNN bank) and the eval split:
         (train_feats [N, D], train_labels [N], eval_feats [M, D], eval_labels [M])."""
-        from unigrad.evaluate import extract_features
+        from unigrad.eval.features import extract_features
 
         loaders = self.eval_loaders()
         if loaders is None:

@@ -6,7 +6,7 @@ identities must agree to round-off; simplifications are reported as the cosine s
 between the full and the simplified gradient (the paper's figure 3 shows the same quantity
 along training; here it is measured on synthetic embeddings with positive pairs of cosine ~0.8).
 
-The closed forms used for the exact rows are the functions of :mod:`unigrad.gradients` that the
+The closed forms used for the exact rows are the functions of :mod:`unigrad.core.gradients` that the
 gradient-form methods train with, so these checks also prove those methods right.
 """
 
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from unigrad import gradients as G
-from unigrad import losses as L
-from unigrad.samples import directpred_predictor
+from unigrad.core import gradients as G
+from unigrad.core import losses as L
+from unigrad.core.samples import directpred_predictor
 
 EXACT_TOL = 1e-6
 

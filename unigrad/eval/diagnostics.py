@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unigrad.gradients import grad_directpred
-from unigrad.losses import batch_standardize
-from unigrad.samples import directpred_predictor
+from unigrad.core.gradients import grad_directpred
+from unigrad.core.losses import batch_standardize
+from unigrad.core.samples import directpred_predictor
 
 SPECTRUM_FILE = "spectrum.csv"
 SPECTRUM_HEADER = ("step", "index", "value")

@@ -10,7 +10,7 @@ import csv
 import math
 from pathlib import Path
 
-from unigrad import dist
+from unigrad.core import dist
 
 HEADER = ["step", "epoch", "name", "value"]
 

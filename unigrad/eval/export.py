@@ -8,7 +8,7 @@ torchvision's model whose ``fc`` is replaced by ``Identity``::
     m.load_state_dict(torch.load("backbone.pth", weights_only=True), strict=True)
 
 Other configurations (width != 1, CIFAR stem, ViT) give the same kind of file for the backbone
-that :func:`unigrad.networks.build_model` builds from the checkpoint's config.
+that :func:`unigrad.models.networks.build_model` builds from the checkpoint's config.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
-from unigrad.evaluate import load_backbone
+from unigrad.eval.features import load_backbone
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Conventions: ``u``/``t`` are l2-normalised embeddings [N, C] (cosine = dot product, as in the
 paper's derivations), ``b`` are batch-standardised embeddings (Barlow Twins), ``z`` raw
 projector outputs (VICReg). Directional losses (one view predicting the other) are written for
-one direction; :mod:`unigrad.objective` symmetrises them in one place. Losses that already see
+one direction; :mod:`unigrad.core.objective` symmetrises them in one place. Losses that already see
 both views at once (NT-Xent over 2N, Barlow Twins, VICReg) are symmetric by construction.
 """
 

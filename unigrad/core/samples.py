@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unigrad import dist
+from unigrad.core import dist
 
 
 class MemoryBank(nn.Module):

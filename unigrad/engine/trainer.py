@@ -21,19 +21,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from unigrad import checkpoint as ckpt
-from unigrad import dist
 from unigrad.config import Config, save_config, to_dict
-from unigrad.device import amp_dtype, select_device
+from unigrad.core import dist
+from unigrad.core.objective import Mix, Objective, target_views
+from unigrad.core.targets import TargetBranch, cosine_momentum
+from unigrad.data.pipeline import TrainData, build_train_data, step_generator
+from unigrad.engine import checkpoint as ckpt
+from unigrad.engine.device import amp_dtype, select_device
+from unigrad.engine.optim import build_optimizer, lr_schedule, set_lr
+from unigrad.engine.profiling import NullTimer
+from unigrad.engine.runlog import RunLog
 from unigrad.errors import UserError
 from unigrad.methods import get_method
-from unigrad.networks import build_model
-from unigrad.objective import Mix, Objective, target_views
-from unigrad.optim import build_optimizer, lr_schedule, set_lr
-from unigrad.pipeline import TrainData, build_train_data, step_generator
-from unigrad.profiling import NullTimer
-from unigrad.runlog import RunLog
-from unigrad.targets import TargetBranch, cosine_momentum
+from unigrad.models.networks import build_model
 
 #: Config keys that must match for ``--resume`` to continue a run (architecture and method).
 ARCH_KEYS = (
@@ -255,7 +255,7 @@ class Trainer:
         set_lr(self.optimizer, float(self.lr[self.step]), self.peak_lr)
         online_views, mix = views, None
         if self.cfg.cutmix:
-            from unigrad.augment import cutmix
+            from unigrad.data.augment import cutmix
 
             with self.timer("cutmix"):
                 online_views, perm, ratio = cutmix(views, gen)
@@ -344,7 +344,7 @@ class Trainer:
             if cfg.keep_epoch_ckpts and self.step % self.steps_per_epoch == 0:
                 self.save(f"epoch-{epoch_done:04d}.ckpt")
             if self.objective.corr is not None and dist.is_main():
-                from unigrad.diagnostics import corr_spectrum, write_spectrum
+                from unigrad.eval.diagnostics import corr_spectrum, write_spectrum
 
                 write_spectrum(self.out, self.step, corr_spectrum(self.objective.corr.F))
             if cfg.knn_every and epoch_done % cfg.knn_every == 0 and self.step < self.total_steps:
@@ -372,7 +372,7 @@ class Trainer:
         return means
 
     def _diagnostics(self) -> None:
-        from unigrad.diagnostics import frozen_bn_stats, probe_diagnostics
+        from unigrad.eval.diagnostics import frozen_bn_stats, probe_diagnostics
 
         views = self.data.probe(self.cfg.probe_size)
         with torch.no_grad(), frozen_bn_stats(self.model):
@@ -399,8 +399,8 @@ class Trainer:
         return model.encoder.backbone.to(self.device)
 
     def _scores(self, backbone: nn.Module, linear: bool, prefix: str) -> dict[str, float]:
-        from unigrad.classifier import train_linear
-        from unigrad.evaluate import accuracy, knn_eval
+        from unigrad.eval.features import accuracy, knn_eval
+        from unigrad.eval.linear import train_linear
 
         feats = self.data.features(backbone)
         if feats is None:

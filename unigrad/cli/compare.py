@@ -43,8 +43,8 @@ def _compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def run(a: argparse.Namespace) -> int:
-        from unigrad import compare as C
-        from unigrad.trainer import Interrupted
+        from unigrad.engine.trainer import Interrupted
+        from unigrad.experiments import grid as C
 
         grid = C.load_grid(a.grid)
         if a.seeds:
@@ -91,7 +91,7 @@ def _compare(p: argparse.ArgumentParser) -> None:
                 print(f"[{i}/{len(runs)}] {spec.run_id}: done, skipped", flush=True)
             rows.append({**baselines.get(key, {}), **result, "backbone": C.backbone_label(cfg)})
             C.write_results(out, rows)
-        from unigrad.report import write_report
+        from unigrad.experiments.report import write_report
 
         write_report([c.out for _, c in runs], out / "report")
         print(f"wrote {out / 'results.md'}, {out / 'results.csv'} and {out / 'report'}")
@@ -104,15 +104,15 @@ def _train(cfg, spec, first: bool, quiet: bool) -> dict:
     """Train (or resume) one run and evaluate it; the row of results.csv."""
     import dataclasses
 
-    from unigrad import compare as C
-    from unigrad.trainer import Trainer
+    from unigrad.engine.trainer import Trainer
+    from unigrad.experiments import grid as C
 
     cfg = dataclasses.replace(cfg, knn_baseline=first)  # once per seed and backbone
     start = time.perf_counter()
     trainer = Trainer(cfg, resume=True, show_progress=not quiet)
     final = trainer.fit()
     diag = _last_diagnostics(Path(cfg.out))
-    from unigrad.device import host_label, precision_name
+    from unigrad.engine.device import host_label, precision_name
 
     return {
         "run": spec.run_id,

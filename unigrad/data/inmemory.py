@@ -3,7 +3,7 @@
 For data that fits in memory (CIFAR, STL-10 scale): decoding 45,000 32 px JPEGs takes seconds
 (torchvision.io's libjpeg, ~3x faster than PIL on small images, PIL for other formats and once
 torchvision drops its deprecated decoders), a cached split loads in well under a second,
-and the fast pipeline (:class:`unigrad.augment.FastAugment`) augments whole batches of it.
+and the fast pipeline (:class:`unigrad.data.augment.FastAugment`) augments whole batches of it.
 ``pipeline: auto`` uses :func:`choose_pipeline` to pick it when the split fits.
 """
 
@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from unigrad.data import (
+from unigrad.data.datasets import (
     DECODE_ERRORS,
     SafeImageFolder,
     bad_image_error,

@@ -86,7 +86,7 @@ def _check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
     def run(a: argparse.Namespace) -> int:
-        from unigrad.derivations import format_table, run_checks
+        from unigrad.experiments.derivations import format_table, run_checks
 
         checks = run_checks(seed=a.seed)
         if a.json:
@@ -103,7 +103,11 @@ def _check(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import unigrad.commands  # noqa: F401  (registers the training/evaluation commands)
+    import importlib
+    import pkgutil
+
+    for m in pkgutil.iter_modules(__path__):  # each module registers its own commands
+        importlib.import_module(f"{__name__}.{m.name}")
 
     parser = argparse.ArgumentParser(
         prog="unigrad",

@@ -2,7 +2,7 @@
 
 Everything takes plain modules, tensors and loaders, so the trainer's kNN monitor calls the same
 code as ``unigrad knn``: :func:`extract_features` then :func:`knn_eval`. The classifiers trained
-on top (linear probe, semi-supervised fine-tuning) are in :mod:`unigrad.classifier`. Accuracies
+on top (linear probe, semi-supervised fine-tuning) are in :mod:`unigrad.eval.linear`. Accuracies
 are percentages; top-5 with fewer than 5 classes is top-(number of classes), i.e. 100.
 """
 
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from unigrad.checkpoint import load_checkpoint
 from unigrad.config import Config, to_dict
+from unigrad.engine.checkpoint import load_checkpoint
 from unigrad.errors import UserError
-from unigrad.networks import build_model
+from unigrad.models.networks import build_model
 
 
 def progress_bar(it: Iterable, desc: str, enabled: bool | None = None, **kw: Any) -> tqdm:
@@ -63,7 +63,7 @@ def load_backbone(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The online backbone of a pretraining checkpoint, in eval mode, and its config.
 
-    The whole :class:`~unigrad.networks.SiameseModel` is rebuilt from ``config`` (a predictor
+    The whole :class:`~unigrad.models.networks.SiameseModel` is rebuilt from ``config`` (a predictor
     when the weights have ``predictor.`` keys) and loaded strictly, so a checkpoint whose weights
     do not fit its own config is refused.
 

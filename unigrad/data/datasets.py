@@ -6,7 +6,7 @@ skipped with a warning and counted (``n_skipped``), with ``bad_images="fail"`` t
 with a :class:`~unigrad.errors.UserError` naming the file.
 
 Two ways to feed a trainer: per image (:func:`open_split`, any image size, augmented in DataLoader
-workers) or in memory (:func:`unigrad.inmemory.load_uint8`: one uint8 tensor, decoded once and
+workers) or in memory (:func:`unigrad.data.inmemory.load_uint8`: one uint8 tensor, decoded once and
 cached on disk, augmented as whole batches); :class:`EpochSampler` orders both.
 """
 

@@ -2,7 +2,7 @@
 
 A method is data, not a class: its default target branch, its predictor, its sample set, its
 loss form, and its gradient forms (paper Table 2 rows) with their balance factors. The
-:class:`unigrad.objective.Objective` module turns a spec into a loss.
+:class:`unigrad.core.objective.Objective` module turns a spec into a loss.
 
 Balance factors that multiply a correlation-type negative (sum_v (u.v/N) v or F u) scale with the
 embedding width C: for unit vectors F has trace 1, so an isotropic F has eigenvalues 1/C, and the

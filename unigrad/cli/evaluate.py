@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from unigrad.cli import command
-from unigrad.data import SPLITS, TORCHVISION
+from unigrad.data.datasets import SPLITS, TORCHVISION
 from unigrad.errors import UserError
 
 JSON_HELP = "print one JSON object: top1, top5 (percent), n_train, n_eval, ..."
@@ -46,8 +46,8 @@ class Session:
     """What every checkpoint command needs: the backbone, its config, the data, the device."""
 
     def __init__(self, a: argparse.Namespace) -> None:
-        from unigrad.device import select_device
-        from unigrad.evaluate import load_backbone
+        from unigrad.engine.device import select_device
+        from unigrad.eval.features import load_backbone
 
         self.args = a
         self.device = select_device(a.device)
@@ -69,7 +69,7 @@ class Session:
             print(f"note: {text}", file=sys.stderr)
 
     def split(self, name: str, transform: Any) -> Any:
-        from unigrad.data import open_split
+        from unigrad.data.datasets import open_split
 
         return open_split(
             data=self.data,
@@ -82,7 +82,7 @@ class Session:
 
     def splits(self, train_transform: Any = None) -> tuple[Any, Any, int]:
         """(train set, eval set, number of classes); eval transform unless given for train."""
-        from unigrad.data import eval_transform
+        from unigrad.data.datasets import eval_transform
 
         ev = eval_transform(self.image_size)
         train = self.split(self.args.train_split, train_transform or ev)
@@ -112,7 +112,7 @@ class Session:
         )
 
     def features(self, ds: Any) -> tuple[Any, Any]:
-        from unigrad.evaluate import extract_features
+        from unigrad.eval.features import extract_features
 
         return extract_features(self.backbone, self.loader(ds), self.device, progress=self.progress)
 
@@ -134,7 +134,7 @@ def _knn(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=_positive(float), default=0.1)
 
     def run(a: argparse.Namespace) -> int:
-        from unigrad.evaluate import knn_eval
+        from unigrad.eval.features import knn_eval
 
         s = Session(a)
         train, test, classes = s.splits()
@@ -166,8 +166,8 @@ def _linear(p: argparse.ArgumentParser) -> None:
     def run(a: argparse.Namespace) -> int:
         import torch
 
-        from unigrad.classifier import train_linear, train_linear_augmented, train_transform
-        from unigrad.evaluate import accuracy
+        from unigrad.eval.features import accuracy
+        from unigrad.eval.linear import train_linear, train_linear_augmented, train_transform
 
         torch.manual_seed(a.seed)
         s = Session(a)
@@ -222,8 +222,8 @@ def _semisup(p: argparse.ArgumentParser) -> None:
         import torch
         from torch.utils.data import Subset
 
-        from unigrad.classifier import class_balanced_subset, finetune, train_transform
-        from unigrad.evaluate import accuracy, extract_features
+        from unigrad.eval.features import accuracy, extract_features
+        from unigrad.eval.linear import class_balanced_subset, finetune, train_transform
 
         if (a.fraction is None) == (a.indices is None):
             raise UserError("pass --fraction (e.g. 0.01 for 1% of the labels) or --indices FILE")
@@ -285,7 +285,7 @@ def _report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (default for one run: RUN/report)")
 
     def run(a: argparse.Namespace) -> int:
-        from unigrad.report import write_report
+        from unigrad.experiments.report import write_report
 
         print(write_report(a.runs, a.out))
         return 0
@@ -306,13 +306,13 @@ For resnet18 / resnet50 at width 1 without the CIFAR stem it loads strictly into
     m.load_state_dict(torch.load("backbone.pth", weights_only=True), strict=True)
 
 Other configurations (width != 1, CIFAR stem, ViT) are not torchvision-compatible: load the file
-into unigrad.networks.build_model(backbone, width=..., cifar_stem=...).encoder.backbone; the command
-prints the exact call."""
+into unigrad.models.networks.build_model(backbone, width=..., cifar_stem=...).encoder.backbone;
+the command prints the exact call."""
     p.add_argument("ckpt", help="pretraining checkpoint written by `unigrad pretrain`")
     p.add_argument("--out", help="output .pth (default: CKPT with suffix .backbone.pth)")
 
     def run(a: argparse.Namespace) -> int:
-        from unigrad.export import export_backbone
+        from unigrad.eval.export import export_backbone
 
         out = a.out or str(Path(a.ckpt).with_suffix(".backbone.pth"))
         info = export_backbone(a.ckpt, out)
@@ -326,7 +326,7 @@ prints the exact call."""
         else:
             print(
                 f"not torchvision-compatible (backbone={c['backbone']} width={c['width']} "
-                f"cifar_stem={c['cifar_stem']}): load it into unigrad.networks.build_model("
+                f"cifar_stem={c['cifar_stem']}): load it into unigrad.models.networks.build_model("
                 f"{c['backbone']!r}, width={c['width']}, cifar_stem={c['cifar_stem']})"
                 ".encoder.backbone"
             )

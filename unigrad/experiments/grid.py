@@ -106,7 +106,7 @@ def describe(cfg: Any) -> dict[str, Any]:
     """Table 2 columns of a run's method."""
     spec = get_method(cfg.method)
     form = spec.form(cfg.form or spec.default_form, cfg.variant)
-    from unigrad.objective import Objective
+    from unigrad.core.objective import Objective
 
     lam = Objective(
         cfg.method, cfg.form, cfg.variant, dim=cfg.proj_dim, lambd=cfg.lambd, bank_size=1

@@ -8,7 +8,7 @@ positive of the image pasted into it.
 
 Distributed: per-sample terms use this rank's anchors (DDP averages them); batch-wide terms
 (NT-Xent, Barlow Twins, VICReg, batch normalisation) see the global batch through
-:mod:`unigrad.dist` gathers. See :mod:`unigrad.dist` for why this gives exact gradients.
+:mod:`unigrad.core.dist` gathers. See :mod:`unigrad.core.dist` for why this gives exact gradients.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unigrad import dist
-from unigrad import gradients as G
-from unigrad import losses as L
+from unigrad.core import dist
+from unigrad.core import gradients as G
+from unigrad.core import losses as L
+from unigrad.core.samples import CorrelationEMA, MemoryBank, directpred_predictor
+from unigrad.core.targets import TargetOut
 from unigrad.methods import MethodSpec, get_method
-from unigrad.samples import CorrelationEMA, MemoryBank, directpred_predictor
-from unigrad.targets import TargetOut
 
 SYMMETRIES = ("sym", "asym", "asym2x")
 #: Methods whose objective is one view predicting another (per-sample positives).

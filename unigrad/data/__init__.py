@@ -1,0 +1,1 @@
+"""Datasets, augmentation (per-image and batched) and the training data pipeline."""

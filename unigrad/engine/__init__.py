@@ -1,0 +1,1 @@
+"""The training engine: loop, resume, optimiser, checkpoints, run log, device."""

@@ -1,0 +1,1 @@
+"""Evaluation of a pretrained backbone: features, kNN, linear probe, diagnostics, export."""

@@ -1,0 +1,1 @@
+"""Experiments: grids of runs (``unigrad compare``), reports, the appendix-A derivations."""

@@ -1,0 +1,1 @@
+"""Backbones, projector and predictor heads, the Siamese model."""
