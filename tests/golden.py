@@ -121,7 +121,7 @@ def run(case: dict) -> list[float]:
             mix = Mix(perm, ratio)
         z, p = model(online)
         t = target(views[:n_target], z[:n_target])
-        loss, _ = objective(z, t, pred=p, mix=mix)
+        loss = objective(z, targets=t, pred=p, mix=mix)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

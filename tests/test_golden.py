@@ -55,7 +55,7 @@ def test_golden_cases_coincide_exactly_where_the_paper_says():
 
     def nudged(self, *a, **kw):
         orig(self, *a, **kw)
-        self.lambd *= 1.001
+        self.hp["lambd"] *= 1.001
 
     try:
         Objective.__init__ = nudged

@@ -8,7 +8,7 @@ plain keyword arguments taken from it.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from unigrad.core.objective import DIRECTIONAL, SYMMETRIES
+from unigrad.core.objective import check_parts
+from unigrad.core.spec import HyperparameterError
 from unigrad.core.targets import TARGETS
 from unigrad.errors import UserError
 from unigrad.methods import METHODS, get_method
@@ -32,17 +33,10 @@ class Config:
     target: str | None = None  # shared | stopgrad | momentum | momentum_pos | snapshot
     snapshot_every: int = 1  # steps between refreshes of the snapshot target; 0: every epoch
     symmetry: str = "sym"  # sym | asym | asym2x (SimSiam's ablation)
-    lambd: float | None = None  # balance factor; None: Table 2 value (scaled with proj_dim)
-    tau: float | None = None
-    rho: float | None = None
-    eps: float | None = None
-    bank_size: int | None = None
-    corr_source: str | None = None  # target | online: which embeddings feed F
-    sim_weight: float | None = None
-    var_weight: float | None = None
-    cov_weight: float | None = None
-    gamma: float | None = None
-    scale_loss: float | None = None  # Barlow Twins only; None: 1/proj_dim for BN forms, else 1
+    sample_set: str | None = None  # draw the negatives from another set the form supports
+    # the method's hyperparameters (tau, lambd, rho, ...; `unigrad methods` lists them with their
+    # defaults and checks). A top-level key that names one (`--set tau=0.1`) lands here.
+    hparams: dict[str, Any] = field(default_factory=dict)
     # networks
     backbone: str = "resnet18"
     width: float = 1.0
@@ -180,8 +174,25 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def hyperparameter_names() -> set[str]:
+    """Every registered method's hyperparameter names (the keys that go to ``hparams``)."""
+    return {k for spec in METHODS.values() for k in spec.params}
+
+
+def _route_hparams(layer: dict[str, Any]) -> dict[str, Any]:
+    """A top-level key that names a method hyperparameter (``tau: 0.1``, also in a config.yaml
+    written before ``hparams`` existed) moves into ``hparams``."""
+    names = hyperparameter_names()
+    out = {k: v for k, v in layer.items() if k in KEYS or k not in names}
+    moved = {k: v for k, v in layer.items() if k not in KEYS and k in names}
+    if moved:
+        out["hparams"] = {**(layer.get("hparams") or {}), **moved}
+    return out
+
+
 def build_config(*layers: dict[str, Any]) -> Config:
     """Merge override dicts (later wins) onto the defaults, type-checked; then validate."""
+    layers = tuple(_route_hparams(layer) for layer in layers)
     unknown = [k for layer in layers for k in layer if k not in KEYS]
     if unknown:
         raise _unknown(unknown)
@@ -215,32 +226,31 @@ def validate(cfg: Config) -> None:
         cfg.method in METHODS, f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}"
     )
     spec = get_method(cfg.method)
-    try:
-        spec.form(cfg.form or spec.default_form, cfg.variant)
-    except KeyError as e:
-        raise UserError(str(e.args[0])) from None
     _check(
         cfg.target is None or cfg.target in TARGETS,
         f"unknown target {cfg.target!r}; choose one of {', '.join(TARGETS)}",
     )
-    _check(cfg.symmetry in SYMMETRIES, f"symmetry must be one of {', '.join(SYMMETRIES)}")
+    try:
+        form = spec.form(cfg.form, cfg.variant)
+        if cfg.sample_set is not None:
+            form = form.with_set(cfg.sample_set)
+        check_parts(
+            spec,
+            form,
+            target=cfg.target or spec.target,
+            n_views=_n_views(cfg.multi_crop),
+            symmetry=cfg.symmetry,
+            cutmix=cfg.cutmix,
+            hp=spec.resolve(form, cfg.proj_dim, cfg.hparams),
+        )
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
+    except HyperparameterError as e:
+        raise UserError(str(e)) from None
     _check(
-        cfg.symmetry == "sym" or cfg.method in DIRECTIONAL,
-        f"symmetry={cfg.symmetry} needs one of the directional methods {', '.join(DIRECTIONAL)}",
+        cfg.symmetry != "asym2x" or not cfg.multi_crop,
+        "symmetry=asym2x takes neither multi_crop nor cutmix",
     )
-    for key in ("lambd", "tau", "eps", "sim_weight", "var_weight", "cov_weight", "gamma"):
-        v = getattr(cfg, key)
-        _check(v is None or v >= 0, f"{key} must be >= 0, got {v}")
-    _check(cfg.tau is None or cfg.tau > 0, f"tau must be > 0, got {cfg.tau}")
-    sl = cfg.scale_loss
-    _check(sl is None or sl > 0, f"scale_loss must be > 0, got {sl}")
-    _check(
-        sl is None or cfg.method == "barlow_twins",
-        f"scale_loss applies to barlow_twins only, not {cfg.method}; remove it",
-    )
-    _check(cfg.rho is None or 0 <= cfg.rho < 1, f"rho must be in [0, 1), got {cfg.rho}")
-    _check(cfg.bank_size is None or cfg.bank_size >= 1, "bank_size must be >= 1")
-    _check(cfg.corr_source in (None, "target", "online"), "corr_source must be target or online")
     _check(
         cfg.batch_size >= 2,
         f"batch_size must be >= 2 (a batch of {cfg.batch_size} has no negatives "
@@ -289,22 +299,14 @@ def validate(cfg: Config) -> None:
         cfg.dataset in (None, "cifar10", "cifar100", "stl10"),
         "dataset must be cifar10, cifar100 or stl10",
     )
-    target = cfg.target or spec.target
-    if cfg.multi_crop or cfg.cutmix:
-        _check(
-            cfg.method == "unigrad", "multi_crop and cutmix are implemented for --method unigrad"
-        )
-    if cfg.cutmix:
-        _check(
-            target in ("momentum", "snapshot"),
-            "cutmix needs a momentum or snapshot target (positives come from unmixed images)",
-        )
-        _check(
-            (cfg.corr_source or spec.hparams.get("corr_source")) == "target",
-            "cutmix needs corr_source=target (F from unmixed embeddings only)",
-        )
-    if cfg.symmetry == "asym2x":
-        _check(
-            not cfg.multi_crop and not cfg.cutmix,
-            "symmetry=asym2x takes neither multi_crop nor cutmix",
-        )
+
+
+def _n_views(multi_crop: str) -> int:
+    """Views per step (``2x32,6x16`` -> 8); a malformed value is left to the augmentation's
+    parser, which says what it expects."""
+    if not multi_crop:
+        return 2
+    try:
+        return sum(int(part.split("x")[0]) for part in multi_crop.split(","))
+    except ValueError:
+        return 2

@@ -83,8 +83,13 @@ def build_optimizer(
     predictor_fixed_lr: bool = False,
     predictor_lr_scale: float = 1.0,
     predictor_prefix: str = "predictor.",
+    objective: nn.Module | None = None,
 ) -> torch.optim.Optimizer:
-    """``sgd`` (weight decay on every parameter, as SimSiam/UniGrad) or ``lars``."""
+    """``sgd`` (weight decay on every parameter, as SimSiam/UniGrad) or ``lars``.
+
+    ``objective``: its learnable parameters (a term's learned temperature or prototypes) train
+    too, in a group of their own without weight decay (and without LARS adaptation).
+    """
     lars = name == "lars"
     groups = param_groups(
         model,
@@ -95,6 +100,9 @@ def build_optimizer(
         predictor_fixed_lr,
         predictor_lr_scale,
     )
+    extra = [p for p in (objective.parameters() if objective else []) if p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "weight_decay": 0.0, "lr_scale": 1.0, "fixed_lr": False})
     if lars:
         return Lars(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)

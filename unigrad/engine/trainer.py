@@ -113,24 +113,7 @@ class Trainer:
         self.target = TargetBranch(
             self.target_kind, self.model.encoder, cfg.snapshot_every or self.steps_per_epoch
         )
-        self.objective = Objective(
-            cfg.method,
-            cfg.form,
-            cfg.variant,
-            dim=cfg.proj_dim,
-            symmetry=cfg.symmetry,
-            lambd=cfg.lambd,
-            tau=cfg.tau,
-            rho=cfg.rho,
-            eps=cfg.eps,
-            bank_size=cfg.bank_size,
-            corr_source=cfg.corr_source,
-            sim_weight=cfg.sim_weight,
-            var_weight=cfg.var_weight,
-            cov_weight=cfg.cov_weight,
-            gamma=cfg.gamma,
-            scale_loss=cfg.scale_loss,
-        ).to(self.device)
+        self.objective = Objective.from_config(cfg).to(self.device)
         self.net: nn.Module = self.model
         if self.distributed:
             self.net = DDP(
@@ -142,7 +125,7 @@ class Trainer:
         self.peak_lr = cfg.base_lr * cfg.batch_size / 256
         fixed = cfg.predictor_fixed_lr
         if fixed is None:
-            fixed = bool(self.spec.hparams.get("predictor_fixed_lr", False))
+            fixed = bool(self.spec.train_defaults.get("predictor_fixed_lr", False))
         self.optimizer = build_optimizer(
             self.model,
             cfg.optimizer,
@@ -152,12 +135,13 @@ class Trainer:
             bias_lr_scale=(cfg.base_lr_bias or cfg.base_lr) / cfg.base_lr,
             predictor_fixed_lr=fixed,
             predictor_lr_scale=cfg.predictor_lr_scale,
+            objective=self.objective,
         )
         warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.lr = lr_schedule(self.peak_lr, self.total_steps, warmup, cfg.min_lr_ratio)
         base_m = cfg.momentum_base
         if base_m is None:
-            base_m = float(self.spec.hparams.get("momentum_base", 0.996))
+            base_m = float(self.spec.train_defaults.get("momentum_base", 0.996))
         self.momentum = cosine_momentum(base_m, cfg.momentum_final, self.total_steps)
         self.amp = amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -268,7 +252,8 @@ class Trainer:
             with self.timer("target forward"):
                 targets = self.target(views[: self.n_target], z[: self.n_target])
             with self.timer("loss + sample set"):
-                loss, stats = self.objective(z, targets, pred=p, mix=mix)
+                loss = self.objective(z, targets=targets, pred=p, mix=mix)
+                stats = dict(self.objective.stats)
         with self.timer("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

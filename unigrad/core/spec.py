@@ -1,0 +1,270 @@
+"""A method as data: its hyperparameters (:class:`Param`), its forms (:class:`Form`, a loss form
+or a Table 2 row) and the computation behind each form (:class:`Term`).
+
+Every hyperparameter has one home, a :class:`Param` with its default, its check and its
+documentation; a method lists the ones it takes, and :meth:`MethodSpec.resolve` returns the
+checked values for one form and embedding width. The objective, ``unigrad methods``,
+``unigrad compare`` and the configuration check all call it.
+
+Balance factors that multiply a correlation-type negative (sum_v (u.v/N) v or F u) scale with the
+embedding width C: for unit vectors F has trace 1, so an isotropic F has eigenvalues 1/C, and the
+paper's values were tuned for C = 2048. Their default is ``table_value * C / 2048``
+(``scales_with_dim``); an explicit ``lambd`` is used as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from unigrad.core.objective import Step
+
+REFERENCE_DIM = 2048
+
+
+class HyperparameterError(ValueError):
+    """An invalid or inapplicable hyperparameter; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: default, check and documentation together.
+
+    ``default`` None with a ``derive`` function: the default is computed from the form and the
+    embedding width C (the balance factor, Barlow Twins' loss scale).
+    """
+
+    doc: str
+    default: Any = None
+    check: Callable[[Any], bool] | None = None
+    rule: str = ""
+    cast: Callable[[Any], Any] = float
+    derive: Callable[[Form, int], Any] | None = None
+
+    def with_default(self, value: Any) -> Param:
+        return replace(self, default=value)
+
+    def resolve(self, name: str, value: Any, form: Form, dim: int) -> Any:
+        if value is None:
+            value = self.default
+            if value is None and self.derive is not None:
+                value = self.derive(form, dim)
+        if value is None:
+            return None
+        try:
+            value = self.cast(value)
+        except (TypeError, ValueError):
+            raise HyperparameterError(f"{name} must be {self.rule}, got {value!r}") from None
+        if self.check is not None and not self.check(value):
+            raise HyperparameterError(f"{name} must be {self.rule}, got {value!r}")
+        return value
+
+
+def _choice(*options: str) -> dict[str, Any]:
+    return {"cast": str, "check": lambda v: v in options, "rule": " or ".join(options)}
+
+
+# Hyperparameters shared by several families (a family's own ones live in its file).
+TAU = Param("temperature of the softmax", 0.2, lambda v: v > 0, "> 0")
+LAMBD = Param(
+    "balance factor lambda of the negative term (default: the Table 2 value, scaled with C where "
+    "marked)",
+    check=lambda v: v >= 0,
+    rule=">= 0",
+    derive=lambda form, dim: form.default_lambda(dim),
+)
+BANK_SIZE = Param("rows of the FIFO memory bank", 4096, lambda v: v >= 1, ">= 1", int)
+RHO = Param("EMA rate of the correlation matrix F", 0.99, lambda v: 0 <= v < 1, "in [0, 1)")
+CORR_SOURCE = Param(
+    "which embeddings feed F: target (momentum branch) or online", "target", **_choice(
+        "target", "online"
+    )
+)
+
+
+@dataclass(frozen=True)
+class Term:
+    """How a form computes its positive and negative terms from one step's views and sample set.
+
+    ``scope``: ``pair`` terms are called once per (online view, positive) pair and return the
+    loss of that direction (loss forms) or its gradient g [N, C] w.r.t. the anchors (gradient
+    forms); ``batch`` terms compute one loss over the whole (global) batch and take exactly the
+    two global views. ``sets``: the sample sets the term can draw its negatives from (the first
+    is its default). A subclass overrides :meth:`pair` or :meth:`batch`, and optionally
+    :meth:`prepare` (per-step quantities), :meth:`positive` (a transform of the positives) and
+    :meth:`modules` (stateful or learnable parts, kept by the objective).
+    """
+
+    kind: str  # "loss" | "grad"
+    scope: str = "pair"
+    sets: tuple[str, ...] = ("none",)
+
+    def with_set(self, sample_set: str) -> Term:
+        if sample_set not in self.sets:
+            raise HyperparameterError(
+                f"sample_set {sample_set!r} does not apply to this form; it takes "
+                f"{' or '.join(self.sets)}"
+            )
+        return replace(self, sets=(sample_set,) + tuple(s for s in self.sets if s != sample_set))
+
+    @property
+    def sample_set(self) -> str:
+        return self.sets[0]
+
+    def modules(self, dim: int, hp: dict[str, Any]) -> dict[str, nn.Module]:
+        return {}
+
+    def prepare(self, step: Step) -> None:
+        """Once per step, before the pairs (e.g. DirectPred's W_h from F)."""
+
+    def positive(self, step: Step, pos: torch.Tensor) -> torch.Tensor:
+        return pos
+
+    def pair(self, step: Step, i: int, u: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch(self, step: Step) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Form:
+    """One loss form or gradient form (a Table 2 row) of a method, and its :class:`Term`."""
+
+    key: str
+    kind: str  # "loss" | "grad"
+    row: str  # Table 2 row letter, "" where the paper has none
+    norm: str  # "l2" | "bn" | "none"
+    pos_grad: str
+    neg_grad: str
+    term: Term
+    balance: float | None = None  # None: none, dynamic (DirectPred) or derived (VICReg row i)
+    balance_label: str = "-"  # what the table prints when balance is None
+    scales_with_dim: bool = False
+    note: str = ""
+
+    @property
+    def sample_set(self) -> str:
+        return self.term.sample_set
+
+    def with_set(self, sample_set: str) -> Form:
+        """This form with its negatives drawn from another set its term supports."""
+        return replace(self, term=self.term.with_set(sample_set))
+
+    def default_lambda(self, dim: int) -> float | None:
+        if self.balance is None:
+            return None
+        return self.balance * dim / REFERENCE_DIM if self.scales_with_dim else self.balance
+
+    def default_scale(self, dim: int) -> float:
+        """Loss multiplier: 1/C for batch-normalised embeddings (norm sqrt(C)), else 1."""
+        return 1.0 / dim if self.norm == "bn" else 1.0
+
+    def balance_text(self, dim: int) -> str:
+        lam = self.default_lambda(dim)
+        return f"{lam:g}" if lam is not None else self.balance_label
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "row": self.row,
+            "norm": self.norm,
+            "pos_grad": self.pos_grad,
+            "neg_grad": self.neg_grad,
+            "sample_set": self.sample_set,
+            "scope": self.term.scope,
+            "balance": self.balance,
+            "scales_with_dim": self.scales_with_dim,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method: default target branch and predictor, its forms, its hyperparameters.
+
+    ``train_defaults`` are the method's defaults for engine settings (``momentum_base``,
+    ``predictor_fixed_lr``); ``params`` the hyperparameters its forms take.
+    """
+
+    name: str
+    family: str
+    description: str
+    target: str  # default target branch
+    predictor: str  # "none" | "mlp" (learned) | "directpred" (computed from F)
+    loss: Form | None
+    grads: dict[str, Form] = field(default_factory=dict)
+    default_form: str = "loss"
+    default_grad: str = ""
+    params: dict[str, Param] = field(default_factory=dict)
+    train_defaults: dict[str, Any] = field(default_factory=dict)
+    grad_hint: str = ""  # where to look when the method has no gradient form of its own
+
+    @property
+    def forms(self) -> tuple[str, ...]:
+        return tuple(k for k, v in (("loss", self.loss), ("grad", self.grads)) if v)
+
+    def all_forms(self) -> list[Form]:
+        return ([self.loss] if self.loss else []) + list(self.grads.values())
+
+    def form(self, form: str | None = None, variant: str | None = None) -> Form:
+        """The loss form, or the gradient form named ``variant`` (default row)."""
+        form = form or self.default_form
+        if form == "loss":
+            if self.loss is None:
+                raise KeyError(f"{self.name} has no loss form in unigrad; use --form grad")
+            return self.loss
+        if form != "grad":
+            raise KeyError(f"unknown form {form!r}; choose loss or grad")
+        if not self.grads:
+            raise KeyError(f"{self.name} has no gradient form of its own; {self.grad_hint}")
+        key = variant or self.default_grad
+        if key not in self.grads:
+            raise KeyError(
+                f"{self.name} has no gradient variant {key!r}; choose one of "
+                f"{', '.join(self.grads)}"
+            )
+        return self.grads[key]
+
+    def resolve(
+        self, form: Form, dim: int, overrides: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Checked hyperparameters of ``form`` at width ``dim``: defaults, then ``overrides``
+        (None means default). A key the method does not take is refused by name."""
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        unknown = sorted(set(overrides) - set(self.params))
+        if unknown:
+            takes = ", ".join(self.params) or "none"
+            raise HyperparameterError(
+                f"{', '.join(unknown)} {'is not a hyperparameter' if len(unknown) == 1 else 'are not hyperparameters'} "
+                f"of {self.name} (it takes: {takes}); remove {'it' if len(unknown) == 1 else 'them'}"
+            )
+        return {k: p.resolve(k, overrides.get(k), form, dim) for k, p in self.params.items()}
+
+    def to_dict(self, dim: int = REFERENCE_DIM) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "description": self.description,
+            "target": self.target,
+            "predictor": self.predictor,
+            "forms": list(self.forms),
+            "default_form": self.default_form,
+            "default_grad": self.default_grad,
+            "loss": self.loss.to_dict() if self.loss else None,
+            "grads": {k: f.to_dict() for k, f in self.grads.items()},
+            "params": {
+                k: {"default": p.default, "doc": p.doc, "rule": p.rule}
+                for k, p in self.params.items()
+            },
+            "train_defaults": dict(self.train_defaults),
+            "lambda_at_dim": {
+                f.key: f.default_lambda(dim) for f in self.all_forms()
+            },
+        }
