@@ -41,8 +41,8 @@ def main() -> None:
         obj = Objective(method, form, variant, dim=a.dim, **hp)
         z = [(base + 0.05 * torch.randn_like(base)).requires_grad_() for _ in range(2)]
         t = TargetOut(pos=[x.detach() for x in z], neg=[x.detach() for x in z])
-        obj(z, t)  # first call fills the EMA correlation matrix
-        loss, _ = obj(z, t)
+        obj(z, targets=t)  # first call fills the EMA correlation matrix
+        loss = obj(z, targets=t)
         g = torch.autograd.grad(loss, z)[0].norm(dim=1).mean().item()
         ref = ref or g  # UniGrad comes first
         extra = " ".join(f"{k}={v:g}" for k, v in hp.items())

@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from unigrad.config import Config
+from unigrad.data import kernels as K
 from unigrad.data.augment import (
     AugmentSpec,
     FastAugment,
@@ -18,7 +19,6 @@ from unigrad.data.augment import (
     sampled_params,
 )
 from unigrad.data.datasets import MEAN, STD
-from unigrad.data import kernels as K
 from unigrad.errors import UserError
 
 OFF = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)

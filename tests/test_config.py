@@ -17,7 +17,12 @@ def test_later_layers_override_earlier_ones():
     cfg = build_config(
         load_yaml("cifar-quick"), {"epochs": 7}, parse_set(["lambd=1e-3", "cutmix=true"])
     )
-    assert cfg.epochs == 7 and cfg.lambd == 1e-3 and cfg.cutmix is True and cfg.width == 0.25
+    assert (
+        cfg.epochs == 7
+        and cfg.hparams["lambd"] == 1e-3
+        and cfg.cutmix is True
+        and cfg.width == 0.25
+    )
 
 
 def test_unknown_key_lists_valid_keys_and_suggests():
@@ -36,20 +41,23 @@ def test_wrong_type_is_refused():
     "bad,match",
     [
         ({"lambd": -1.0}, "lambd must be >= 0"),
-        ({"tau": 0.0}, "tau must be > 0"),
+        ({"method": "moco", "tau": 0.0}, "tau must be > 0"),
+        ({"tau": 0.1}, "unigrad takes no hyperparameter tau"),
         ({"rho": 1.0}, r"rho must be in \[0, 1\)"),
         ({"batch_size": 1}, "batch_size must be >= 2"),
         ({"method": "swav"}, "unknown method 'swav'"),
         ({"method": "byol", "form": "grad"}, "no gradient form"),
         ({"method": "barlow_twins", "form": "grad", "variant": "z"}, "no gradient variant 'z'"),
         ({"target": "ema"}, "unknown target"),
-        ({"method": "simclr", "cutmix": True}, "unigrad"),
+        ({"method": "simclr", "cutmix": True}, "per-sample terms"),
+        ({"method": "simclr", "multi_crop": "2x32,2x16"}, "every gradient form"),
+        ({"method": "simclr", "form": "grad", "sample_set": "ema"}, "sample_set 'ema'"),
         ({"cutmix": True, "target": "stopgrad"}, "momentum or snapshot"),
-        ({"symmetry": "asym", "method": "vicreg"}, "directional"),
+        ({"symmetry": "asym", "method": "vicreg"}, "per-sample objective"),
         ({"method": "barlow_twins", "scale_loss": 0.0}, "scale_loss must be > 0"),
         ({"predictor_lr_scale": 0.0}, "predictor_lr_scale must be > 0"),
         ({"method": "moco", "predictor_lr_scale": 10.0}, "learned predictor"),
-        ({"method": "vicreg", "scale_loss": 0.5}, "barlow_twins only"),
+        ({"method": "vicreg", "scale_loss": 0.5}, "vicreg takes no hyperparameter scale_loss"),
     ],
 )
 def test_invalid_values_are_refused_with_the_reason(bad, match):

@@ -60,12 +60,13 @@ def one_step(method, form, variant, target_kind, views, wrap=None):
     with torch.no_grad():  # make the target differ from the online network
         for p in target.net.parameters() if target.net is not None else []:
             p.mul_(0.9)
-    obj = Objective(method, form, variant, dim=C, bank_size=12).double()
+    kw = {"bank_size": 12} if "bank_size" in METHODS[method].params else {}
+    obj = Objective(method, form, variant, dim=C, **kw).double()
     net = wrap(model) if wrap else model
     for _ in range(2):
         net.zero_grad()
         z, p = net(views)
-        loss, _ = obj(z, target(views, z), pred=p)
+        loss = obj(z, targets=target(views, z), pred=p)
         loss.backward()
     grads = torch.cat([q.grad.flatten() for q in model.parameters() if q.grad is not None])
     state = {k: v.clone() for k, v in obj.state_dict().items()}

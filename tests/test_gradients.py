@@ -43,7 +43,7 @@ def _views(n=12, c=8, seed=0):
 
 def _grad(obj, z, t, pred=None):
     zz = [x.detach().clone().requires_grad_(True) for x in z]
-    loss, _ = obj(zz, TargetOut(pos=t, neg=t), pred=pred)
+    loss = obj(zz, targets=TargetOut(pos=t, neg=t), pred=pred)
     loss.backward()
     return torch.cat([x.grad for x in zz])
 
@@ -64,7 +64,7 @@ def test_loss_form_and_gradient_form_give_the_same_gradient(float64, method, lkw
     """With detached (momentum) targets, the gradient form is exactly the loss's gradient."""
     z, t = _views()
     c = z[0].shape[1]
-    kw = {"bank_size": 20} if method == "moco" else {}
+    kw = {"bank_size": 20} if "bank_size" in METHODS[method].params else {}
     lo = Objective(method, "loss", dim=c, **kw, **lkw).double()
     gr = Objective(method, "grad", variant, dim=c, **kw, **gkw).double()
     if method == "moco":  # same, partly filled bank
@@ -94,7 +94,8 @@ def _all_configs():
 @pytest.mark.parametrize("target", ["shared", "stopgrad", "momentum"])
 def test_every_method_form_variant_runs(method, form, variant, target):
     z, t = _views(n=8, c=8, seed=5)
-    obj = Objective(method, form, variant, dim=8, bank_size=16)
+    kw = {"bank_size": 16} if "bank_size" in METHODS[method].params else {}
+    obj = Objective(method, form, variant, dim=8, **kw)
     pred = None
     if METHODS[method].predictor == "mlp":
         pred = [x * 1.1 for x in z]
@@ -105,7 +106,8 @@ def test_every_method_form_variant_runs(method, form, variant, target):
     else:
         tg = TargetOut(pos=t, neg=t)
     for _ in range(2):  # second step: filled bank / running F
-        loss, stats = obj(z, tg, pred=pred)
+        loss = obj(z, targets=tg, pred=pred)
+        stats = obj.stats
         assert torch.isfinite(loss)
         assert -1.0001 <= float(stats["pos_sim"]) <= 1.0001
     grads = torch.autograd.grad(loss, z, allow_unused=True)
@@ -116,9 +118,9 @@ def test_symmetric_loss_is_mean_of_both_directions(float64):
     z, t = _views(seed=6)
     sym = Objective("unigrad", "loss", dim=8, lambd=1.0).double()
     asym = Objective("unigrad", "loss", dim=8, lambd=1.0, symmetry="asym").double()
-    l_sym, _ = sym(z, TargetOut(pos=t, neg=t))
-    l_12, _ = asym(z, TargetOut(pos=t, neg=t))
-    l_21, _ = Objective("unigrad", "loss", dim=8, lambd=1.0, symmetry="asym").double()(
+    l_sym = sym(z, TargetOut(pos=t, neg=t))
+    l_12 = asym(z, TargetOut(pos=t, neg=t))
+    l_21 = Objective("unigrad", "loss", dim=8, lambd=1.0, symmetry="asym").double()(
         [z[1], z[0]], TargetOut(pos=[t[1], t[0]], neg=[t[1], t[0]])
     )
     assert torch.allclose(l_sym, (l_12 + l_21) / 2)
@@ -134,16 +136,16 @@ def test_balance_factor_follows_projector_width():
 
 def test_barlow_bn_forms_are_averaged_over_channels_by_default(float64):
     """scale_loss defaults to 1/C for BN embeddings (norm sqrt C), 1 for row h (l2)."""
-    assert Objective("barlow_twins", "grad", "f", dim=512).scale_loss == 1 / 512
-    assert Objective("barlow_twins", "loss", dim=512).scale_loss == 1 / 512
-    assert Objective("barlow_twins", "grad", "h", dim=512).scale_loss == 1.0
+    assert Objective("barlow_twins", "grad", "f", dim=512).hp["scale_loss"] == 1 / 512
+    assert Objective("barlow_twins", "loss", dim=512).hp["scale_loss"] == 1 / 512
+    assert Objective("barlow_twins", "grad", "h", dim=512).hp["scale_loss"] == 1.0
     z, t = _views(seed=7)
     c = z[0].shape[1]
     for form, variant in (("loss", None), ("grad", "f"), ("grad", "g")):
         one = _grad(Objective("barlow_twins", form, variant, dim=c, scale_loss=1.0).double(), z, t)
         auto = _grad(Objective("barlow_twins", form, variant, dim=c).double(), z, t)
         assert torch.allclose(auto, one / c, rtol=1e-12, atol=0)
-    eq8, _ = Objective("barlow_twins", "loss", dim=c, scale_loss=1.0).double()(
+    eq8 = Objective("barlow_twins", "loss", dim=c, scale_loss=1.0).double()(
         z, TargetOut(pos=t, neg=t)
     )
     bn = [(x - x.mean(0)) / x.std(0, unbiased=False) for x in (z[0], t[1], z[1], t[0])]
@@ -168,7 +170,7 @@ def test_cutmix_positive_mixes_unmixed_targets(float64):
     ratio = torch.full((12,), 0.75)
     obj = Objective("unigrad", "grad", dim=8, lambd=0.0).double()
     zz = [x.detach().clone().requires_grad_(True) for x in z]
-    loss, _ = obj(zz, TargetOut(pos=t, neg=t), mix=Mix(perm, ratio))
+    loss = obj(zz, targets=TargetOut(pos=t, neg=t), mix=Mix(perm, ratio))
     loss.backward()
     # lambda = 0: dL/du1 = -pos/N/2 with pos = 0.75 t2 + 0.25 t2[perm] (normalised targets)
     tn = torch.nn.functional.normalize(t[1], dim=-1)
@@ -186,7 +188,7 @@ def test_multicrop_local_views_take_the_mean_of_global_targets(float64):
     local = [z[0].detach().clone().requires_grad_(True)]
     obj = Objective("unigrad", "grad", dim=8, lambd=0.0).double()
     zz = [x.detach().clone().requires_grad_(True) for x in z] + local
-    loss, _ = obj(zz, TargetOut(pos=t, neg=t))
+    loss = obj(zz, targets=TargetOut(pos=t, neg=t))
     loss.backward()
     tn = [torch.nn.functional.normalize(x, dim=-1) for x in t]
     pos = (tn[0] + tn[1]) / 2
@@ -211,10 +213,10 @@ def test_pairing_modes():
 def test_moco_enqueues_keys_after_backward():
     z, t = _views(n=6, c=8, seed=9)
     obj = Objective("moco", "loss", dim=8, bank_size=10)
-    loss, _ = obj(z, TargetOut(pos=t, neg=t))
+    loss = obj(z, targets=TargetOut(pos=t, neg=t))
     assert int(obj.bank.filled) == 0  # keys wait until backward has used the bank
     loss.backward()
     obj.after_step()
     assert int(obj.bank.filled) == 10  # 2 views x 6 keys: the newest 10 kept
-    loss2, _ = obj(z, TargetOut(pos=t, neg=t))
+    loss2 = obj(z, targets=TargetOut(pos=t, neg=t))
     loss2.backward()  # the bank used by this loss is not modified before its backward

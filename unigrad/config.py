@@ -148,10 +148,15 @@ def load_yaml(name_or_path: str, package: str = "presets") -> dict[str, Any]:
 
 def _unknown(keys: list[str]) -> UserError:
     hints = []
+    valid = [k for k in KEYS if k != "hparams"]
+    params = sorted(hyperparameter_names())
     for k in keys:
-        close = difflib.get_close_matches(k, KEYS, n=1)
+        close = difflib.get_close_matches(k, valid + params, n=1)
         hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    return UserError(f"unknown config key {', '.join(hints)}. Valid keys: {', '.join(KEYS)}")
+    return UserError(
+        f"unknown config key {', '.join(hints)}. Valid keys: {', '.join(valid)}; "
+        f"method hyperparameters (`unigrad methods`): {', '.join(params)}"
+    )
 
 
 _STR_KEYS = {f.name for f in fields(Config) if "str" in str(f.type)}
@@ -171,6 +176,11 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             out[k] = v
         else:
             out[k] = yaml.safe_load(v)
+            if isinstance(out[k], str):  # YAML 1.1 reads 1e-3 as a string
+                try:
+                    out[k] = float(v)
+                except ValueError:
+                    pass
     return out
 
 

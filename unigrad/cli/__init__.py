@@ -34,40 +34,29 @@ def _methods(p: argparse.ArgumentParser) -> None:
         from unigrad.methods import METHODS
 
         if a.json:
-            out = []
-            for spec in METHODS.values():
-                d = spec.to_dict()
-                for f in ([d["loss"]] if d["loss"] else []) + list(d["grads"].values()):
-                    form = spec.form(f["kind"], f["key"] if f["kind"] == "grad" else None)
-                    f["lambda_at_dim"] = form.default_lambda(a.dim)
-                out.append(d)
-            print(json.dumps(out, indent=2))
+            print(json.dumps([spec.to_dict(a.dim) for spec in METHODS.values()], indent=2))
             return 0
         print(
             f"{'method':<13} {'form':<5} {'row':<8} {'target':<9} {'norm':<5} {'set':<6} "
             f"{'lambda@' + str(a.dim):<11} {'positive':<24} negative"
         )
         for spec in METHODS.values():
-            forms = ([spec.loss] if spec.loss else []) + list(spec.grads.values())
-            for f in forms:
-                lam = f.default_lambda(a.dim)
-                if lam is not None:
-                    lam_s = f"{lam:g}"
-                elif f.kind == "loss":
-                    lam_s = "-"
-                else:
-                    lam_s = "dynamic" if spec.name == "directpred" else "derived"
+            for f in spec.all_forms():
                 row = f.row or ("-" if f.kind == "loss" else f.key)
                 if f.kind == "grad" and f.key == spec.default_grad:
                     row += "*"
                 print(
                     f"{spec.name:<13} {f.kind:<5} {row:<8} {spec.target:<9} {f.norm:<5} "
-                    f"{f.sample_set:<6} {lam_s:<11} {f.pos_grad:<24} {f.neg_grad}"
+                    f"{f.sample_set:<6} {f.balance_text(a.dim):<11} {f.pos_grad:<24} {f.neg_grad}"
                 )
-            hp = ", ".join(f"{k}={v}" for k, v in spec.hparams.items())
+            hp = ", ".join(
+                f"{k}={p.default}" for k, p in spec.params.items() if p.default is not None
+            )
+            extra = ", ".join(f"{k}={v}" for k, v in spec.train_defaults.items())
             print(
                 f"{'':<13} default form: {spec.default_form}; predictor: {spec.predictor}"
                 + (f"; {hp}" if hp else "")
+                + (f"; {extra}" if extra else "")
             )
         print(
             "\n* default gradient variant. Balance factors marked as scaling follow the width: "

@@ -261,7 +261,7 @@ class Objective(nn.Module):
     def forward(
         self,
         online: list[torch.Tensor] | torch.Tensor,
-        *more: torch.Tensor,
+        *more: torch.Tensor | TargetOut | list[torch.Tensor],
         targets: TargetOut | list[torch.Tensor] | None = None,
         pred: list[torch.Tensor] | None = None,
         mix: Mix | None = None,
@@ -269,8 +269,8 @@ class Objective(nn.Module):
         """The scalar to backpropagate for one step; statistics go to ``self.stats``.
 
         Args:
-            online: projector outputs z [N, C] per view (global views first), as a list or as
-                separate tensors (``objective(z0, z1)``).
+            online: projector outputs z [N, C] per view (global views first), as a list
+                (``objective([z0, z1], targets)``) or as separate tensors (``objective(z0, z1)``).
             targets: target-branch outputs of the global views: a :class:`TargetOut`, or a list
                 of tensors used as positives and negatives (e.g. a momentum encoder's outputs,
                 computed under ``torch.no_grad()``). None: the online outputs themselves (a shared
@@ -281,9 +281,15 @@ class Objective(nn.Module):
         For a gradient form the returned value is a surrogate whose gradient is the paper's
         gradient; its value carries no meaning (log ``self.stats`` instead).
         """
-        if not isinstance(online, torch.Tensor) and more:
-            raise TypeError("pass the views as one list or as separate tensors, not both")
-        views = [online, *more] if isinstance(online, torch.Tensor) else list(online)
+        if isinstance(online, torch.Tensor):
+            views = [online, *more]
+            if not all(isinstance(v, torch.Tensor) for v in views):
+                raise TypeError("pass the targets as targets=..., after the view tensors")
+        else:
+            views = list(online)
+            if len(more) > 1 or (more and targets is not None):
+                raise TypeError("call objective(views, targets) or objective(z0, z1, targets=...)")
+            targets = more[0] if more else targets
         n_t = target_views(len(views), self.symmetry)
         if targets is None:
             targets = TargetOut(pos=views[:n_t], neg=views[:n_t])
@@ -312,10 +318,7 @@ class Objective(nn.Module):
         self._update_sets(step)
         step.stats["pos_sim"] = self._pos_sim(step)
         self.term.prepare(step)
-        if self.term.scope == "batch":
-            loss = self.term.batch(step)
-        else:
-            loss = self._pairs(step, mix)
+        loss = self.term.batch(step) if self.term.scope == "batch" else self._pairs(step, mix)
         self.stats = {k: v.detach() for k, v in step.stats.items()}
         return loss
 

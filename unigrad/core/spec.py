@@ -81,9 +81,9 @@ LAMBD = Param(
 BANK_SIZE = Param("rows of the FIFO memory bank", 4096, lambda v: v >= 1, ">= 1", int)
 RHO = Param("EMA rate of the correlation matrix F", 0.99, lambda v: 0 <= v < 1, "in [0, 1)")
 CORR_SOURCE = Param(
-    "which embeddings feed F: target (momentum branch) or online", "target", **_choice(
-        "target", "online"
-    )
+    "which embeddings feed F: target (momentum branch) or online",
+    "target",
+    **_choice("target", "online"),
 )
 
 
@@ -110,7 +110,7 @@ class Term:
                 f"sample_set {sample_set!r} does not apply to this form; it takes "
                 f"{' or '.join(self.sets)}"
             )
-        return replace(self, sets=(sample_set,) + tuple(s for s in self.sets if s != sample_set))
+        return replace(self, sets=(sample_set, *tuple(s for s in self.sets if s != sample_set)))
 
     @property
     def sample_set(self) -> str:
@@ -169,7 +169,7 @@ class Form:
         lam = self.default_lambda(dim)
         return f"{lam:g}" if lam is not None else self.balance_label
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, dim: int = REFERENCE_DIM) -> dict[str, Any]:
         return {
             "key": self.key,
             "kind": self.kind,
@@ -181,6 +181,7 @@ class Form:
             "scope": self.term.scope,
             "balance": self.balance,
             "scales_with_dim": self.scales_with_dim,
+            "lambda_at_dim": self.default_lambda(dim),
             "note": self.note,
         }
 
@@ -242,8 +243,8 @@ class MethodSpec:
         if unknown:
             takes = ", ".join(self.params) or "none"
             raise HyperparameterError(
-                f"{', '.join(unknown)} {'is not a hyperparameter' if len(unknown) == 1 else 'are not hyperparameters'} "
-                f"of {self.name} (it takes: {takes}); remove {'it' if len(unknown) == 1 else 'them'}"
+                f"{self.name} takes no hyperparameter {', '.join(unknown)} (it takes: {takes}); "
+                "remove it"
             )
         return {k: p.resolve(k, overrides.get(k), form, dim) for k, p in self.params.items()}
 
@@ -257,14 +258,11 @@ class MethodSpec:
             "forms": list(self.forms),
             "default_form": self.default_form,
             "default_grad": self.default_grad,
-            "loss": self.loss.to_dict() if self.loss else None,
-            "grads": {k: f.to_dict() for k, f in self.grads.items()},
+            "loss": self.loss.to_dict(dim) if self.loss else None,
+            "grads": {k: f.to_dict(dim) for k, f in self.grads.items()},
             "params": {
                 k: {"default": p.default, "doc": p.doc, "rule": p.rule}
                 for k, p in self.params.items()
             },
             "train_defaults": dict(self.train_defaults),
-            "lambda_at_dim": {
-                f.key: f.default_lambda(dim) for f in self.all_forms()
-            },
         }

@@ -29,8 +29,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from unigrad.data.datasets import MEAN, STD, mix_seed
 from unigrad.data import kernels as K
+from unigrad.data.datasets import MEAN, STD, mix_seed
 from unigrad.errors import UserError
 
 ASPECT = (3 / 4, 4 / 3)

@@ -105,12 +105,10 @@ def run_configs(
 def describe(cfg: Any) -> dict[str, Any]:
     """Table 2 columns of a run's method."""
     spec = get_method(cfg.method)
-    form = spec.form(cfg.form or spec.default_form, cfg.variant)
-    from unigrad.core.objective import Objective
-
-    lam = Objective(
-        cfg.method, cfg.form, cfg.variant, dim=cfg.proj_dim, lambd=cfg.lambd, bank_size=1
-    ).lambd
+    form = spec.form(cfg.form, cfg.variant)
+    if cfg.sample_set:
+        form = form.with_set(cfg.sample_set)
+    lam = spec.resolve(form, cfg.proj_dim, cfg.hparams).get("lambd")
     return {
         "method": cfg.method,
         "form": form.kind,
@@ -118,9 +116,7 @@ def describe(cfg: Any) -> dict[str, Any]:
         "target": cfg.target or spec.target,
         "norm": form.norm,
         "pos_grad": form.pos_grad,
-        "balance": "dynamic"
-        if lam is None and cfg.method == "directpred"
-        else ("-" if lam is None else f"{lam:g}"),
+        "balance": form.balance_label if lam is None else f"{lam:g}",
         "neg_grad": form.neg_grad,
         "sample_set": form.sample_set,
     }

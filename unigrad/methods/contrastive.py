@@ -82,11 +82,26 @@ MOCO = MethodSpec(
     description="MoCo v2: InfoNCE against a FIFO memory bank of momentum keys",
     target="momentum",
     predictor="none",
-    loss=Form("loss", "loss", "", "l2", "InfoNCE (eq. 1)", "bank softmax",
-              InfoNCE("loss", sets=("bank", "batch"))),
+    loss=Form(
+        "loss",
+        "loss",
+        "",
+        "l2",
+        "InfoNCE (eq. 1)",
+        "bank softmax",
+        InfoNCE("loss", sets=("bank", "batch")),
+    ),
     grads={
-        "a": Form("a", "grad", "a", "l2", _POS, "sum_v s_v v^m / tau",
-                  InfoNCE("grad", sets=("bank", "batch")), balance=1.0),
+        "a": Form(
+            "a",
+            "grad",
+            "a",
+            "l2",
+            _POS,
+            "sum_v s_v v^m / tau",
+            InfoNCE("grad", sets=("bank", "batch")),
+            balance=1.0,
+        ),
     },
     default_grad="a",
     params={"tau": TAU, "bank_size": BANK_SIZE},
@@ -101,8 +116,9 @@ SIMCLR = MethodSpec(
     predictor="none",
     loss=Form("loss", "loss", "", "l2", "NT-Xent (eq. 19)", "batch softmax", NTXent("loss")),
     grads={
-        "b": Form("b", "grad", "b", "l2", _POS, "sum_v s_v v^t / tau", InfoNCE("grad"),
-                  balance=1.0),
+        "b": Form(
+            "b", "grad", "b", "l2", _POS, "sum_v s_v v^t / tau", InfoNCE("grad"), balance=1.0
+        ),
     },
     default_grad="b",
     params={"tau": TAU, "bank_size": BANK_SIZE},

@@ -1,0 +1,44 @@
+"""MoCo v3 (Chen, Xie and He, ICCV 2021), composed from existing parts: the contrastive term
+over the current batch (row b's structure) whose keys are the momentum embeddings of the *other*
+view only (N keys, not SimCLR's 2N), a learned predictor on the online branch, a momentum target,
+tau = 0.2, and the loss multiplied by 2 tau as in its authors' code. With the keys detached the
+loss form's gradient is the gradient form exactly: 2 (-u2^m + sum_v s_v v^m)."""
+
+from __future__ import annotations
+
+from unigrad.core.spec import BANK_SIZE, TAU, Form, MethodSpec
+from unigrad.methods.contrastive import InfoNCE
+
+MOCOV3 = MethodSpec(
+    name="mocov3",
+    family="contrastive",
+    description="MoCo v3: predictor + InfoNCE against the other view's momentum keys in the batch",
+    target="momentum",
+    predictor="mlp",
+    loss=Form(
+        "loss",
+        "loss",
+        "",
+        "l2",
+        "2 tau InfoNCE(h(u1), u2^m)",
+        "batch softmax",
+        InfoNCE("loss", keys="pair", scale="2tau"),
+    ),
+    grads={
+        "b": Form(
+            "b",
+            "grad",
+            "b",
+            "l2",
+            "-2 u2^m",
+            "2 sum_v s_v v^m",
+            InfoNCE("grad", keys="pair", scale="2tau"),
+            balance=1.0,
+        ),
+    },
+    default_grad="b",
+    params={"tau": TAU, "bank_size": BANK_SIZE},
+    train_defaults={"momentum_base": 0.99},
+)
+
+METHODS = [MOCOV3]
