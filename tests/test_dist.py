@@ -31,6 +31,16 @@ def configs():
             yield name, spec.default_form, None, "momentum"
     yield "simclr", "loss", None, "momentum_pos"
     yield "unigrad", "grad", None, "momentum_pos"
+    # multi-crop (2 global + 2 local views) for one gradient form of each family
+    for name, variant in (
+        ("simclr", "b"),
+        ("barlow_twins", "f"),
+        ("vicreg", "i"),
+        ("unigrad", None),
+        ("mocov3", "b"),
+        ("nnclr", "b"),
+    ):
+        yield name, "grad", variant, METHODS[name].target, 4
 
 
 CONFIGS = list(configs())
@@ -50,10 +60,10 @@ def build(method):
 def batch():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(N, D, generator=g, dtype=torch.float64)
-    return [x + 0.3 * torch.randn(N, D, generator=g, dtype=torch.float64) for _ in range(2)]
+    return [x + 0.3 * torch.randn(N, D, generator=g, dtype=torch.float64) for _ in range(4)]
 
 
-def one_step(method, form, variant, target_kind, views, wrap=None):
+def one_step(method, form, variant, target_kind, n_views=2, *, views, wrap=None):
     """Two optimisation-free steps (gradients of step 2, after a state update in step 1)."""
     model = build(method)
     target = TargetBranch(target_kind, model.encoder)
@@ -65,8 +75,8 @@ def one_step(method, form, variant, target_kind, views, wrap=None):
     net = wrap(model) if wrap else model
     for _ in range(2):
         net.zero_grad()
-        z, p = net(views)
-        loss = obj(z, targets=target(views, z), pred=p)
+        z, p = net(views[:n_views])
+        loss = obj(z, targets=target(views[:2], z[:2]), pred=p)
         loss.backward()
     grads = torch.cat([q.grad.flatten() for q in model.parameters() if q.grad is not None])
     state = {k: v.clone() for k, v in obj.state_dict().items()}
@@ -80,7 +90,7 @@ def _worker(rank, world, path, results):
         views = [v.chunk(world)[rank] for v in batch()]
         out = {}
         for cfg in CONFIGS:
-            out[cfg] = one_step(*cfg, views, wrap=lambda m: DDP(m))
+            out[cfg] = one_step(*cfg, views=views, wrap=lambda m: DDP(m))
         if rank == 0:
             torch.save(out, results)
     finally:
@@ -97,7 +107,7 @@ def two_process_results():
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=["-".join(str(x) for x in c) for c in CONFIGS])
 def test_two_ranks_equal_one_process(two_process_results, cfg):
-    g1, s1 = one_step(*cfg, batch())
+    g1, s1 = one_step(*cfg, views=batch())
     g2, s2 = two_process_results[cfg]
     rel = float((g1 - g2).norm() / g1.norm())
     assert rel < 1e-5, f"{cfg}: relative gradient error {rel:.2e}"

@@ -7,6 +7,7 @@ plain keyword arguments taken from it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -177,10 +178,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         else:
             out[k] = yaml.safe_load(v)
             if isinstance(out[k], str):  # YAML 1.1 reads 1e-3 as a string
-                try:
+                with contextlib.suppress(ValueError):
                     out[k] = float(v)
-                except ValueError:
-                    pass
     return out
 
 
