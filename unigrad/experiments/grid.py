@@ -108,7 +108,8 @@ def describe(cfg: Any) -> dict[str, Any]:
     form = spec.form(cfg.form, cfg.variant)
     if cfg.sample_set:
         form = form.with_set(cfg.sample_set)
-    lam = spec.resolve(form, cfg.proj_dim, cfg.hparams).get("lambd")
+    hp = spec.resolve(form, cfg.proj_dim, cfg.hparams)
+    lam = hp["lambd"] if "lambd" in hp else form.default_lambda(cfg.proj_dim)
     return {
         "method": cfg.method,
         "form": form.kind,
