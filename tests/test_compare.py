@@ -155,3 +155,27 @@ def test_random_init_lines_sort_seeds_and_name_varied_backbones():
     # two baselines of one seed and backbone label (say, another eval split) both stay listed
     split = C.results_markdown([*one, dict(row(2, "r18", 29.0), group="other-split")])
     assert "- seed 2: kNN top-1 29.00" in split and "- seed 2: kNN top-1 31.00" in split
+
+
+def test_results_warn_when_a_grid_mixes_precisions():
+    from unigrad.experiments.grid import mixed_precision_warning, results_markdown
+
+    base = {
+        "group": "g",
+        "method": "unigrad",
+        "form": "grad",
+        "row": "UniGrad",
+        "target": "momentum",
+        "norm": "l2",
+        "pos_grad": "-u2",
+        "balance": "25",
+        "neg_grad": "F u1",
+        "sample_set": "ema",
+        "knn_top1": 40.0,
+        "seed": 0,
+    }
+    rows = [{**base, "run": "a-s0", "precision": "fp32"}, {**base, "run": "b-s0"}]
+    assert mixed_precision_warning(rows) is None  # a result without the field is not counted
+    rows.append({**base, "run": "c-s0", "precision": "bf16"})
+    assert "bf16: c-s0; fp32: a-s0" in mixed_precision_warning(rows)
+    assert "mixes precisions" in results_markdown(rows)

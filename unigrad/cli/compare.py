@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def _compare(p: argparse.ArgumentParser) -> None:
                 print(f"[{i}/{len(runs)}] {spec.run_id}: done, skipped", flush=True)
             rows.append({**baselines.get(key, {}), **result, "backbone": C.backbone_label(cfg)})
             C.write_results(out, rows)
+        if warning := C.mixed_precision_warning(rows):
+            print(f"warning: {warning}", file=sys.stderr)
         from unigrad.experiments.report import write_report
 
         write_report([c.out for _, c in runs], out / "report")

@@ -296,7 +296,22 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
     spread = spread_summary(rows)
     if spread:
         lines += ["", "Spread of kNN top-1 (points):", "", *spread]
+    if warning := mixed_precision_warning(rows):
+        lines += ["", f"**Warning**: {warning}"]
     return "\n".join(lines) + "\n"
+
+
+def mixed_precision_warning(rows: list[dict[str, Any]]) -> str | None:
+    """A sentence naming the runs' precisions when one grid mixes them (results that predate
+    the ``precision`` field are not counted)."""
+    by: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("precision"):
+            by.setdefault(r["precision"], []).append(r["run"])
+    if len(by) < 2:
+        return None
+    parts = "; ".join(f"{p}: {', '.join(runs)}" for p, runs in sorted(by.items()))
+    return f"this grid mixes precisions ({parts}); rerun with one --set amp=... to compare them"
 
 
 def load_result(run_dir: Path) -> dict[str, Any] | None:
