@@ -21,6 +21,7 @@ from unigrad.core.objective import DIRECTIONAL, SYMMETRIES
 from unigrad.core.targets import TARGETS
 from unigrad.errors import UserError
 from unigrad.methods import METHODS, get_method
+from unigrad.models.networks import BACKBONES, VIT_PREFIX
 
 
 @dataclass
@@ -137,7 +138,7 @@ def load_yaml(name_or_path: str, package: str = "presets") -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise UserError(f"{kind} file {path} does not exist")
-        text = path.read_text()
+        text, src = path.read_text(), str(path)
     else:
         res = resources.files(f"unigrad.{package}") / f"{name_or_path}.yaml"
         if not res.is_file():
@@ -145,8 +146,14 @@ def load_yaml(name_or_path: str, package: str = "presets") -> dict[str, Any]:
                 f"unknown {kind} {name_or_path!r}; shipped {package}: "
                 f"{', '.join(shipped(package))} (or pass a path to a .yaml file)"
             )
-        text = res.read_text()
-    data = yaml.safe_load(text) or {}
+        text, src = res.read_text(), str(res)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{src}:{mark.line + 1}" if mark is not None else src
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{where}: YAML syntax error ({problem}); fix the {kind} file") from None
     if not isinstance(data, dict):
         raise UserError(f"{name_or_path}: a {kind} file must be a mapping of key: value")
     return data
@@ -249,6 +256,11 @@ def validate(cfg: Config) -> None:
     _check(cfg.epochs >= 1, "epochs must be >= 1")
     _check(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be >= 1")
     _check(cfg.width > 0, "width must be > 0")
+    _check(
+        cfg.backbone in BACKBONES or cfg.backbone.startswith(VIT_PREFIX),
+        f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)} "
+        f"or a timm {VIT_PREFIX}* name",
+    )
     _check(1 <= cfg.proj_depth <= 5, "proj_depth must be in 1..5")
     _check(cfg.proj_dim >= 2, "proj_dim must be >= 2")
     _check(cfg.optimizer in ("sgd", "lars"), "optimizer must be sgd or lars")
