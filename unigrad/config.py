@@ -8,6 +8,7 @@ plain keyword arguments taken from it.
 from __future__ import annotations
 
 import difflib
+import sys
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -65,7 +66,7 @@ class Config:
     workers: int = 2
     bad_images: str = "skip"  # skip (warn, count) | fail
     # augmentation (BYOL/SimSiam recipe)
-    image_size: int = 224
+    image_size: int | None = None  # None: from the data (its image side, 224 for large ones)
     crop_scale_min: float = 0.2
     crop_scale_max: float = 1.0
     brightness: float = 0.4
@@ -89,7 +90,7 @@ class Config:
     base_lr_bias: float | None = None  # LARS recipe: biases and BN (None: base_lr)
     weight_decay: float = 1e-4
     sgd_momentum: float = 0.9
-    warmup_epochs: float = 5.0
+    warmup_epochs: float | None = None  # None: 5, or half the run when that is shorter
     min_lr_ratio: float = 1e-3
     predictor_fixed_lr: bool | None = None  # None: the method's (SimSiam: True)
     predictor_lr_scale: float = 1.0  # the learned predictor's lr / the backbone's
@@ -118,6 +119,13 @@ class Config:
 
 
 KEYS = tuple(f.name for f in fields(Config))
+#: Warm-up when none is set; shortened to half the run for runs shorter than twice this.
+DEFAULT_WARMUP_EPOCHS = 5.0
+
+
+def default_warmup(epochs: int) -> float:
+    """The warm-up a run of ``epochs`` gets when ``warmup_epochs`` is not set."""
+    return min(DEFAULT_WARMUP_EPOCHS, epochs / 2)
 
 
 def shipped(package: str) -> list[str]:
@@ -200,6 +208,14 @@ def build_config(*layers: dict[str, Any]) -> Config:
         raise UserError(f"invalid value for config key {key!r}: {e.msg}") from None
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(cfg)
+    if cfg.warmup_epochs is None:  # resolved here, so config.yaml records the value used
+        cfg.warmup_epochs = default_warmup(cfg.epochs)
+        if cfg.warmup_epochs < DEFAULT_WARMUP_EPOCHS:
+            print(
+                f"note: warm-up shortened to {cfg.warmup_epochs:g} epochs (half of the "
+                f"{cfg.epochs}-epoch run; the default is {DEFAULT_WARMUP_EPOCHS:g})",
+                file=sys.stderr,
+            )
     return cfg
 
 
@@ -274,7 +290,18 @@ def validate(cfg: Config) -> None:
         f"({', '.join(learned)}), not {cfg.method}; remove them",
     )
     _check(cfg.weight_decay >= 0, "weight_decay must be >= 0")
-    _check(0 <= cfg.warmup_epochs <= cfg.epochs, "warmup_epochs must be in [0, epochs]")
+    w = cfg.warmup_epochs
+    _check(w is None or w >= 0, f"warmup_epochs must be >= 0, got {w}")
+    _check(
+        w is None or w <= cfg.epochs,
+        f"warmup_epochs {w} is longer than the run ({cfg.epochs} epochs); lower it "
+        f"(--set warmup_epochs={default_warmup(cfg.epochs):g}), remove it to get the default "
+        "that fits, or raise --epochs",
+    )
+    _check(
+        cfg.image_size is None or cfg.image_size >= 8,
+        f"image_size must be >= 8 (or null: from the data), got {cfg.image_size}",
+    )
     _check(cfg.pipeline in ("auto", "fast", "standard"), "pipeline must be auto, fast or standard")
     _check(cfg.bad_images in ("skip", "fail"), "bad_images must be skip or fail")
     _check(cfg.amp in ("auto", "off", "bf16", "fp16"), "amp must be auto, off, bf16 or fp16")
