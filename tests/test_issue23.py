@@ -270,3 +270,91 @@ def test_one_class_data_trains_but_evaluation_is_skipped_loudly(capsys, tmp_path
     code = main(["knn", str(run / "last.ckpt"), "--data", str(data), "--workers", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "1 class" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------- 9: amp auto measures
+def _amp_cfg(**kw):
+    from unigrad.config import build_config
+
+    return build_config({**TINY, "method": "byol", **kw})
+
+
+def _tiny_model(cfg):
+    from unigrad.models.networks import build_model
+
+    return build_model(
+        cfg.backbone, cfg.width, cfg.cifar_stem, cfg.proj_depth, cfg.proj_dim, predictor=True
+    )
+
+
+def test_amp_auto_on_cpu_measures_once_then_uses_the_cache(monkeypatch, capsys, tmp_path):
+    import json
+    import time
+
+    import torch
+
+    from unigrad.engine import device as dev
+
+    calls = []
+    real = dev.measure_cpu_amp
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(dev, "measure_cpu_amp", counting)
+    cfg = _amp_cfg()
+    model = _tiny_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t0 = time.perf_counter()
+    dtype = dev.resolve_amp(cfg, model, torch.device("cpu"), batch=4)
+    assert time.perf_counter() - t0 < 60  # ~0.2 s on an idle machine; loaded CI hosts vary
+    assert calls == [1] and cfg.amp_resolved in ("fp32", "bf16") and "fp32" in cfg.amp_measured
+    assert dtype == dev.DTYPES[cfg.amp_resolved]
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats restored
+    assert all(p.grad is None for p in model.parameters())
+    cache = json.loads(dev.amp_cache_path().read_text())
+    (verdict,) = cache.values()
+    assert verdict["choice"] == cfg.amp_resolved and verdict["fp32_ms"] > 0
+    assert "amp auto:" in capsys.readouterr().err
+    # a forged verdict in the cache is used as is: the measurement does not run again
+    key = next(iter(cache))
+    other = "bf16" if verdict["choice"] == "fp32" else "fp32"
+    cache[key] = {**verdict, "choice": other}
+    dev.amp_cache_path().write_text(json.dumps(cache))
+    cfg2 = _amp_cfg()
+    assert dev.resolve_amp(cfg2, model, torch.device("cpu"), batch=4) == dev.DTYPES[other]
+    assert calls == [1] and cfg2.amp_resolved == other
+    # another network is another verdict
+    wide = _amp_cfg(width=0.25)
+    dev.resolve_amp(wide, _tiny_model(wide), torch.device("cpu"), batch=4)
+    assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("amp,name", [("off", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")])
+def test_explicit_amp_never_measures(monkeypatch, amp, name):
+    import torch
+
+    from unigrad.engine import device as dev
+
+    def boom(*a, **kw):
+        raise AssertionError("measured")
+
+    monkeypatch.setattr(dev, "measure_cpu_amp", boom)
+    cfg = _amp_cfg(amp=amp)
+    assert dev.resolve_amp(cfg, _tiny_model(cfg), torch.device("cpu"), batch=4) == dev.DTYPES[name]
+    assert cfg.amp_resolved == name and not dev.amp_cache_path().exists()
+    resumed = _amp_cfg(amp_resolved="bf16")  # a resumed auto run keeps its precision
+    assert dev.resolve_amp(resumed, None, torch.device("cpu"), batch=4) == torch.bfloat16
+
+
+def test_config_yaml_records_the_amp_verdict_and_loads_back(capsys, tmp_path, folder):
+    run = tmp_path / "run"
+    args = ("--data", str(folder), "--out", str(run))
+    assert pretrain(capsys, tmp_path, *args, cfg={"diag_every": 0})[0] == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["amp"] == "auto" and saved["amp_resolved"] in ("fp32", "bf16")
+    assert "fp32" in saved["amp_measured"]
+    code, err, _ = pretrain(capsys, tmp_path, *args, "--resume", cfg={"max_steps": 3})
+    assert code == 0 and "amp auto" not in err, err

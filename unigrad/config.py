@@ -98,7 +98,9 @@ class Config:
     momentum_final: float = 1.0
     # system
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # auto | off | bf16 | fp16 (auto: fp16 on CUDA, bf16 on native-bf16 CPUs)
+    amp: str = "auto"  # auto | off | bf16 | fp16 (auto: fp16 on CUDA, measured on CPUs)
+    amp_resolved: str | None = None  # written by the run: fp32 | bf16 | fp16 (kept on resume)
+    amp_measured: str | None = None  # written by the run: amp auto's CPU timings
     channels_last: bool = True
     compile: bool = False
     seed: int = 0
@@ -306,6 +308,10 @@ def validate(cfg: Config) -> None:
     _check(cfg.bad_images in ("skip", "fail"), "bad_images must be skip or fail")
     _check(cfg.amp in ("auto", "off", "bf16", "fp16"), "amp must be auto, off, bf16 or fp16")
     _check(cfg.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
+    _check(
+        cfg.amp_resolved in (None, "fp32", "bf16", "fp16"),
+        "amp_resolved (written by the run) must be fp32, bf16 or fp16; remove it",
+    )
     _check(
         0 < cfg.crop_scale_min <= cfg.crop_scale_max <= 1,
         "need 0 < crop_scale_min <= crop_scale_max <= 1",

@@ -30,7 +30,7 @@ from unigrad.core.objective import Mix, Objective, target_views
 from unigrad.core.targets import TargetBranch, cosine_momentum
 from unigrad.data.pipeline import TrainData, build_train_data, step_generator
 from unigrad.engine import checkpoint as ckpt
-from unigrad.engine.device import amp_dtype, select_device
+from unigrad.engine.device import resolve_amp, select_device
 from unigrad.engine.optim import build_optimizer, lr_schedule, set_lr
 from unigrad.engine.profiling import NullTimer
 from unigrad.engine.runlog import RunLog
@@ -225,7 +225,9 @@ class Trainer:
         if base_m is None:
             base_m = float(self.spec.hparams.get("momentum_base", 0.996))
         self.momentum = cosine_momentum(base_m, cfg.momentum_final, self.total_steps)
-        self.amp = amp_dtype(cfg.amp, self.device)
+        self.amp = resolve_amp(
+            cfg, self.model, self.device, max(2, min(8, cfg.batch_size // world))
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.step = 0
         self.n_views = self.data.n_views
