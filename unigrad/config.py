@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import sys
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,7 @@ from unigrad.core.spec import HyperparameterError
 from unigrad.core.targets import TARGETS
 from unigrad.errors import UserError
 from unigrad.methods import METHODS, get_method
+from unigrad.models.networks import BACKBONES, VIT_PREFIX
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Config:
     workers: int = 2
     bad_images: str = "skip"  # skip (warn, count) | fail
     # augmentation (BYOL/SimSiam recipe)
-    image_size: int = 224
+    image_size: int | None = None  # None: from the data (its image side, 224 for large ones)
     crop_scale_min: float = 0.2
     crop_scale_max: float = 1.0
     brightness: float = 0.4
@@ -83,7 +85,7 @@ class Config:
     base_lr_bias: float | None = None  # LARS recipe: biases and BN (None: base_lr)
     weight_decay: float = 1e-4
     sgd_momentum: float = 0.9
-    warmup_epochs: float = 5.0
+    warmup_epochs: float | None = None  # None: 5, or half the run when that is shorter
     min_lr_ratio: float = 1e-3
     predictor_fixed_lr: bool | None = None  # None: the method's (SimSiam: True)
     predictor_lr_scale: float = 1.0  # the learned predictor's lr / the backbone's
@@ -91,7 +93,9 @@ class Config:
     momentum_final: float = 1.0
     # system
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "auto"  # auto | off | bf16 | fp16 (auto: fp16 on CUDA, bf16 on native-bf16 CPUs)
+    amp: str = "auto"  # auto | off | bf16 | fp16 (auto: fp16 on CUDA, measured on CPUs)
+    amp_resolved: str | None = None  # written by the run: fp32 | bf16 | fp16 (kept on resume)
+    amp_measured: str | None = None  # written by the run: amp auto's CPU timings
     channels_last: bool = True
     compile: bool = False
     seed: int = 0
@@ -112,6 +116,13 @@ class Config:
 
 
 KEYS = tuple(f.name for f in fields(Config))
+#: Warm-up when none is set; shortened to half the run for runs shorter than twice this.
+DEFAULT_WARMUP_EPOCHS = 5.0
+
+
+def default_warmup(epochs: int) -> float:
+    """The warm-up a run of ``epochs`` gets when ``warmup_epochs`` is not set."""
+    return min(DEFAULT_WARMUP_EPOCHS, epochs / 2)
 
 
 def shipped(package: str) -> list[str]:
@@ -132,7 +143,7 @@ def load_yaml(name_or_path: str, package: str = "presets") -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise UserError(f"{kind} file {path} does not exist")
-        text = path.read_text()
+        text, src = path.read_text(), str(path)
     else:
         res = resources.files(f"unigrad.{package}") / f"{name_or_path}.yaml"
         if not res.is_file():
@@ -140,8 +151,14 @@ def load_yaml(name_or_path: str, package: str = "presets") -> dict[str, Any]:
                 f"unknown {kind} {name_or_path!r}; shipped {package}: "
                 f"{', '.join(shipped(package))} (or pass a path to a .yaml file)"
             )
-        text = res.read_text()
-    data = yaml.safe_load(text) or {}
+        text, src = res.read_text(), str(res)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{src}:{mark.line + 1}" if mark is not None else src
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{where}: YAML syntax error ({problem}); fix the {kind} file") from None
     if not isinstance(data, dict):
         raise UserError(f"{name_or_path}: a {kind} file must be a mapping of key: value")
     return data
@@ -213,6 +230,14 @@ def build_config(*layers: dict[str, Any]) -> Config:
         raise UserError(f"invalid value for config key {key!r}: {e.msg}") from None
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(cfg)
+    if cfg.warmup_epochs is None:  # resolved here, so config.yaml records the value used
+        cfg.warmup_epochs = default_warmup(cfg.epochs)
+        if cfg.warmup_epochs < DEFAULT_WARMUP_EPOCHS:
+            print(
+                f"note: warm-up shortened to {cfg.warmup_epochs:g} epochs (half of the "
+                f"{cfg.epochs}-epoch run; the default is {DEFAULT_WARMUP_EPOCHS:g})",
+                file=sys.stderr,
+            )
     return cfg
 
 
@@ -268,6 +293,11 @@ def validate(cfg: Config) -> None:
     _check(cfg.epochs >= 1, "epochs must be >= 1")
     _check(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be >= 1")
     _check(cfg.width > 0, "width must be > 0")
+    _check(
+        cfg.backbone in BACKBONES or cfg.backbone.startswith(VIT_PREFIX),
+        f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)} "
+        f"or a timm {VIT_PREFIX}* name",
+    )
     _check(1 <= cfg.proj_depth <= 5, "proj_depth must be in 1..5")
     _check(cfg.proj_dim >= 2, "proj_dim must be >= 2")
     _check(cfg.optimizer in ("sgd", "lars"), "optimizer must be sgd or lars")
@@ -281,11 +311,26 @@ def validate(cfg: Config) -> None:
         f"({', '.join(learned)}), not {cfg.method}; remove them",
     )
     _check(cfg.weight_decay >= 0, "weight_decay must be >= 0")
-    _check(0 <= cfg.warmup_epochs <= cfg.epochs, "warmup_epochs must be in [0, epochs]")
+    w = cfg.warmup_epochs
+    _check(w is None or w >= 0, f"warmup_epochs must be >= 0, got {w}")
+    _check(
+        w is None or w <= cfg.epochs,
+        f"warmup_epochs {w} is longer than the run ({cfg.epochs} epochs); lower it "
+        f"(--set warmup_epochs={default_warmup(cfg.epochs):g}), remove it to get the default "
+        "that fits, or raise --epochs",
+    )
+    _check(
+        cfg.image_size is None or cfg.image_size >= 8,
+        f"image_size must be >= 8 (or null: from the data), got {cfg.image_size}",
+    )
     _check(cfg.pipeline in ("auto", "fast", "standard"), "pipeline must be auto, fast or standard")
     _check(cfg.bad_images in ("skip", "fail"), "bad_images must be skip or fail")
     _check(cfg.amp in ("auto", "off", "bf16", "fp16"), "amp must be auto, off, bf16 or fp16")
     _check(cfg.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
+    _check(
+        cfg.amp_resolved in (None, "fp32", "bf16", "fp16"),
+        "amp_resolved (written by the run) must be fp32, bf16 or fp16; remove it",
+    )
     _check(
         0 < cfg.crop_scale_min <= cfg.crop_scale_max <= 1,
         "need 0 < crop_scale_min <= crop_scale_max <= 1",

@@ -52,7 +52,7 @@ class Session:
         self.args = a
         self.device = select_device(a.device)
         self.backbone, self.cfg = load_backbone(a.ckpt, self.device)
-        self.image_size = a.image_size or int(self.cfg["image_size"])
+        self.image_size = a.image_size or int(self.cfg["image_size"] or 224)
         self.progress = False if a.quiet else None
         if a.data and a.dataset:
             raise UserError("pass either --data DIR or --dataset NAME, not both")
@@ -93,6 +93,12 @@ class Session:
                 f"the {self.args.train_split} and {self.args.split} splits have different "
                 f"classes ({len(a)} vs {len(b)}: {sorted(set(a) ^ set(b))[:5]}); "
                 "their class folders must match"
+            )
+        if a is not None and len(a) < 2:
+            raise UserError(
+                f"the {self.args.train_split} split has {len(a)} class ({', '.join(a)}); "
+                "accuracy over one class is 100% by construction and measures nothing. "
+                "Evaluate on data with at least 2 class folders"
             )
         return train, test, len(a) if a is not None else 0
 

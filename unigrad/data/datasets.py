@@ -96,7 +96,7 @@ def check_bad_images(bad_images: str) -> None:
 def bad_image_error(path: str, err: BaseException) -> UserError:
     return UserError(
         f"cannot decode image {path} ({type(err).__name__}: {err}); delete or replace the file, "
-        "or pass --bad-images skip to skip unreadable images"
+        "or pass --set bad_images=skip to skip unreadable images"
     )
 
 

@@ -207,7 +207,7 @@ def _common_size(images: list[torch.Tensor], size: int | None) -> tuple[torch.Te
     if odd:
         warnings.warn(
             f"resized {len(odd)} of {len(images)} images to the common size {hw[0]}x{hw[1]} "
-            "(shorter side + centre crop); use --pipeline standard to crop from the originals",
+            "(shorter side + centre crop); use --set pipeline=standard to crop from the originals",
             stacklevel=3,
         )
     return torch.stack(images), len(odd)

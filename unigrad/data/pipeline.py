@@ -14,6 +14,7 @@ batch of an epoch and see exactly the views it would have seen.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -205,10 +206,40 @@ class LoaderData(TrainData):
         return loader(self.cfg.train_split), loader(self.cfg.eval_split)
 
 
+#: image_size for data whose images are larger than this, or of varying size.
+LARGE_IMAGE_SIZE = 224
+
+
+def image_size_from_data(source: dict[str, Any], split: str, n_probe: int = 16) -> int:
+    """The training side length the data suggests: the images' side when the first images
+    (header reads) share one size of at most 224 px (CIFAR: 32, STL-10: 96), else 224."""
+    from PIL import Image
+
+    if source["data"] is None:
+        _, h, w = inmemory.split_shape(split=split, **source)
+        return min(h, w, LARGE_IMAGE_SIZE)
+    folder = data.SafeImageFolder(str(data.split_dir(source["data"], split)))
+    sizes = set()
+    for p, _ in folder.samples[:n_probe]:
+        try:
+            with Image.open(p) as img:
+                sizes.add((img.height, img.width))
+        except data.DECODE_ERRORS:
+            continue
+    if len(sizes) != 1:
+        return LARGE_IMAGE_SIZE
+    return min(*sizes.pop(), LARGE_IMAGE_SIZE)
+
+
 def build_train_data(cfg: Config, device: torch.device) -> TrainData:
-    """Pick the pipeline (``auto``: fast when the training split fits in memory)."""
+    """Pick the pipeline (``auto``: fast when the training split fits in memory); an unset
+    ``cfg.image_size`` is set from the data here (:func:`image_size_from_data`)."""
     folder, name = data.resolve_source(cfg.data, cfg.dataset, cfg.fallback_dataset, cfg.download)
     source = {"data": folder, "dataset": name}
+    if cfg.image_size is None:
+        cfg.image_size = image_size_from_data(source, cfg.train_split)
+        if dist.is_main():
+            print(f"note: image_size {cfg.image_size} (from the data)", file=sys.stderr)
     pipeline = cfg.pipeline
     if pipeline == "auto":
         n, h, w = inmemory.split_shape(split=cfg.train_split, **source)

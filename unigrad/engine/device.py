@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,13 +36,146 @@ def cpu_has_native_bf16() -> bool:
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: ``auto`` is fp16 (with GradScaler) on CUDA, bf16 on CPUs with native
-    bf16 (measured 1.4x faster per ResNet-18 step on such a CPU), else off."""
+    """Autocast dtype without a measurement: ``auto`` is fp16 (with GradScaler) on CUDA, bf16
+    on CPUs with native bf16, else off. Training uses :func:`resolve_amp`, which measures."""
     if amp == "auto":
         if device.type == "cuda":
             return torch.float16
         return torch.bfloat16 if cpu_has_native_bf16() else None
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+#: bf16 is chosen over fp32 only when its step is at least this much faster.
+BF16_MARGIN = 1.05
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_cache_path() -> Path:
+    """``<unigrad cache>/amp.json``: amp auto's CPU verdicts, per machine and network."""
+    from unigrad.data.inmemory import default_cache_dir
+
+    return default_cache_dir() / "amp.json"
+
+
+def _time_passes(
+    model: torch.nn.Module,
+    views: list[torch.Tensor],
+    dtype: torch.dtype | None,
+    iters: int,
+    give_up_s: float = float("inf"),
+) -> list[float]:
+    """Seconds of 1 warm-up + ``iters`` forward/backward passes (only the warm-up when it
+    takes longer than ``give_up_s``)."""
+    times: list[float] = []
+    for _ in range(1 + iters):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            z, p = model(views)
+            loss = sum(x.float().square().mean() for x in [*z, *(p or [])])
+        loss.backward()  # type: ignore[union-attr]
+        times.append(time.perf_counter() - t0)
+        if times[0] > give_up_s:
+            break
+    return times
+
+
+def measure_cpu_amp(
+    model: torch.nn.Module, image_size: int, batch: int, channels_last: bool, iters: int = 3
+) -> dict[str, Any]:
+    """Time forward/backward passes of ``model`` (2 views of ``batch`` random images) in fp32
+    and under bf16 autocast; the model's weights, buffers and gradients are left as they were.
+
+    Returns {"choice": "fp32" | "bf16", "fp32_ms": ..., "bf16_ms": ... or None}.
+    """
+    state = copy.deepcopy(model.state_dict())
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            views = [
+                torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=fmt)
+                for _ in range(2)
+            ]
+            fp32 = _time_passes(model, views, None, iters)
+            fp32_s = min(fp32[1:])  # the least disturbed pass
+            try:  # a bf16 warm-up 3x slower than fp32's: emulated bf16, no need to time more
+                bf16 = _time_passes(model, views, torch.bfloat16, iters, give_up_s=3 * fp32[0])
+                bf16_s: float | None = min(bf16[1:] or bf16)
+            except RuntimeError:  # no bf16 autocast on this CPU
+                bf16_s = None
+    finally:
+        model.load_state_dict(state)
+        model.zero_grad(set_to_none=True)
+    faster = bf16_s is not None and bf16_s * BF16_MARGIN < fp32_s
+    return {
+        "choice": "bf16" if faster else "fp32",
+        "fp32_ms": round(fp32_s * 1e3, 3),
+        "bf16_ms": None if bf16_s is None else round(bf16_s * 1e3, 3),
+    }
+
+
+def resolve_amp(cfg: Any, model: torch.nn.Module, device: torch.device, batch: int) -> Any:
+    """The autocast dtype for training; sets ``cfg.amp_resolved`` (and, when measured,
+    ``cfg.amp_measured``) so config.yaml records it.
+
+    Explicit ``amp`` values are used as given; ``auto`` is fp16 on CUDA. On the CPU ``auto``
+    keeps a resumed run's ``amp_resolved``, else times fp32 against bf16 on ``model``
+    (:func:`measure_cpu_amp`, once per CPU model, torch version and network: cached in
+    :func:`amp_cache_path`) and takes bf16 only when clearly faster. In a distributed run
+    rank 0's verdict holds for every rank.
+    """
+    from unigrad.core import dist
+
+    if cfg.amp != "auto":
+        cfg.amp_resolved = precision_name(amp_dtype(cfg.amp, device))
+        return amp_dtype(cfg.amp, device)
+    if device.type == "cuda":
+        cfg.amp_resolved = "fp16"
+        return torch.float16
+    if cfg.amp_resolved in DTYPES:  # resumed run: keep its precision
+        return DTYPES[cfg.amp_resolved]
+    net = ("backbone", "width", "cifar_stem", "norm", "image_size", "channels_last")
+    net += ("proj_depth", "proj_dim", "proj_hidden", "pred_hidden", "method")
+    key = f"{host_label(device)} | torch {torch.__version__} | batch {batch} | " + ", ".join(
+        f"{k}={getattr(cfg, k, None)}" for k in net
+    )
+    path = amp_cache_path()
+    try:
+        cache = json.loads(path.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    verdict = cache.get(key)
+    cached = isinstance(verdict, dict) and verdict.get("choice") in ("fp32", "bf16")
+    if not cached:
+        verdict = measure_cpu_amp(model, cfg.image_size, batch, cfg.channels_last)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor([1.0 if verdict["choice"] == "bf16" else 0.0])
+        torch.distributed.broadcast(flag, 0)
+        verdict = {**verdict, "choice": "bf16" if flag.item() else "fp32"}
+    bf = verdict["bf16_ms"]
+    timing = f"fp32 {verdict['fp32_ms']:g} ms, bf16 " + (
+        f"{bf:g} ms" if bf is not None else "unsupported"
+    )
+    if dist.is_main():
+        if not cached:
+            cache[key] = verdict
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(cache, indent=1))
+                os.replace(tmp, path)
+            except OSError:
+                pass  # a read-only cache only costs a new measurement next time
+        print(
+            f"amp auto: {verdict['choice']} on this CPU (forward/backward of {batch} images: "
+            f"{timing}; {'cached in' if cached else 'measured, cached in'} {path})",
+            file=sys.stderr,
+        )
+    cfg.amp_resolved = verdict["choice"]
+    cfg.amp_measured = f"{timing} per forward/backward of {batch} images"
+    return DTYPES[verdict["choice"]]
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

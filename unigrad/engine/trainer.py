@@ -8,6 +8,9 @@ bit-identically (with deterministic kernels).
 
 from __future__ import annotations
 
+import fcntl
+import math
+import os
 import random
 import signal
 import sys
@@ -21,13 +24,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from unigrad.config import Config, save_config, to_dict
+from unigrad.config import Config, default_warmup, save_config, to_dict
 from unigrad.core import dist
 from unigrad.core.objective import Mix, Objective, target_views
 from unigrad.core.targets import TargetBranch, cosine_momentum
 from unigrad.data.pipeline import TrainData, build_train_data, step_generator
 from unigrad.engine import checkpoint as ckpt
-from unigrad.engine.device import amp_dtype, select_device
+from unigrad.engine.device import resolve_amp, select_device
 from unigrad.engine.optim import build_optimizer, lr_schedule, set_lr
 from unigrad.engine.profiling import NullTimer
 from unigrad.engine.runlog import RunLog
@@ -52,6 +55,66 @@ ARCH_KEYS = (
     "batch_size",
     "seed",
 )
+
+
+def _float_tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj.detach()] if obj.is_floating_point() and obj.numel() else []
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _float_tensors(v)]
+    return []
+
+
+def all_finite(state: Any) -> bool:
+    """Whether every floating tensor in a (nested) state dict is finite, on every rank.
+
+    One pass: x * 0 is 0 for finite x and NaN for inf/NaN, so the summed norms of the zeroed
+    tensors are 0 exactly when everything is finite (no overflow from large finite values).
+    """
+    tensors = _float_tensors(state)
+    flag = torch.zeros((), device=tensors[0].device if tensors else "cpu")
+    if tensors:
+        norms = torch._foreach_norm(torch._foreach_mul(tensors, 0.0))
+        flag = torch.stack([n.float().to(flag.device) for n in norms]).sum()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = flag.clone()
+        torch.distributed.all_reduce(flag)
+    return bool(torch.isfinite(flag))
+
+
+def good_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint of ``run_dir`` that loads, validates and holds only finite values."""
+    for p in ckpt.candidates(run_dir) if run_dir.is_dir() else []:
+        try:
+            if all_finite(ckpt.load_checkpoint(p)):
+                return p
+        except ckpt.CheckpointError:
+            continue
+    return None
+
+
+def lock_run_dir(out: Path) -> Any:
+    """Take ``out/.lock`` (an OS lock, released when the process ends, however it ends) and
+    write this process's PID into it; a UserError naming the holder if another process has it."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / ".lock", "a+")  # noqa: SIM115 - held for the life of the run
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        f.close()
+        raise UserError(
+            f"{out} is in use by another unigrad process (PID {pid}); wait for it to end, "
+            "stop it, or choose another --out"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 class Interrupted(Exception):
@@ -137,13 +200,18 @@ class Trainer:
             predictor_lr_scale=cfg.predictor_lr_scale,
             objective=self.objective,
         )
-        warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
+        warmup_epochs = (
+            default_warmup(cfg.epochs) if cfg.warmup_epochs is None else cfg.warmup_epochs
+        )
+        warmup = round(warmup_epochs * self.steps_per_epoch)
         self.lr = lr_schedule(self.peak_lr, self.total_steps, warmup, cfg.min_lr_ratio)
         base_m = cfg.momentum_base
         if base_m is None:
             base_m = float(self.spec.train_defaults.get("momentum_base", 0.996))
         self.momentum = cosine_momentum(base_m, cfg.momentum_final, self.total_steps)
-        self.amp = amp_dtype(cfg.amp, self.device)
+        self.amp = resolve_amp(
+            cfg, self.model, self.device, max(2, min(8, cfg.batch_size // world))
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.step = 0
         self.n_views = self.data.n_views
@@ -151,6 +219,16 @@ class Trainer:
         self._stop_signal: int | None = None
         self.timer = NullTimer()  # bench/step_breakdown.py swaps in a SectionTimer
 
+        self._lock = lock_run_dir(self.out) if dist.is_main() else None
+        try:
+            self._open_run(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_run(self, resume: bool) -> None:
+        """Run log, config.yaml, and the resume (or the check that RUN holds no other run)."""
+        cfg = self.cfg
         self.log = RunLog(self.out, cfg.tensorboard)
         if self.data.skipped and dist.is_main():
             print(
@@ -168,6 +246,12 @@ class Trainer:
             if dist.is_main():
                 save_config(cfg, self.out / "config.yaml")
             self.log.log(0, 0.0, {"data/skipped_images": float(self.data.skipped)})
+
+    def close(self) -> None:
+        """Release the run directory's lock (also released when the process ends)."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.close()
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -197,18 +281,44 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
 
     def save(self, name: str = "last.ckpt") -> Path:
+        """Write a checkpoint; never one with non-finite weights, optimiser or objective state
+        (exit 3 instead, naming the newest checkpoint that is really good)."""
         path = self.out / name
+        state = self.state_dict()
+        if not all_finite(state):
+            self._diverged("weights, optimiser or objective state", "")
         if dist.is_main():
-            ckpt.save_checkpoint(self.state_dict(), path)
+            ckpt.save_checkpoint(state, path)
         dist.barrier()
         return path
 
+    def _diverged(self, what: str, within: str) -> None:
+        good = good_checkpoint(self.out)
+        hint = f"last good checkpoint: {good}" if good else "no good checkpoint was written"
+        raise UserError(
+            f"non-finite {what} at step {self.step}{within}; {hint}. Lower base_lr or lambd, "
+            "or disable amp.",
+            exit_code=3,
+        )
+
     def _resume(self) -> bool:
         """Load the newest good checkpoint; False (fresh start) when there is none yet."""
-        found = ckpt.latest_good(self.out, warn=lambda m: print(m) if dist.is_main() else None)
+        found = ckpt.latest_good(
+            self.out, warn=lambda m: print(m, file=sys.stderr) if dist.is_main() else None
+        )
         if found is None:
+            bad = ckpt.candidates(self.out) if self.out.is_dir() else []
+            if bad:
+                raise UserError(
+                    f"--resume: no checkpoint in {self.out} can be read ("
+                    f"{', '.join(p.name for p in bad)}); nothing was changed. Start the run "
+                    "elsewhere with another --out, or delete these files to start over here"
+                )
             if dist.is_main():
-                print(f"--resume: no checkpoint in {self.out} yet; starting from scratch")
+                print(
+                    f"--resume: no checkpoint in {self.out} yet; starting from scratch",
+                    file=sys.stderr,
+                )
             return False
         path, state = found
         old = state.get("config", {})
@@ -286,6 +396,7 @@ class Trainer:
             for s, h in old.items():
                 signal.signal(s, h)
             self.log.close()
+            self.close()
 
     def _loop(self) -> None:
         cfg = self.cfg
@@ -305,6 +416,8 @@ class Trainer:
             augment_gen = lambda s: step_generator(cfg.seed, s, per_rank=False)  # noqa: E731
             for views in self.data.epoch(epoch, start, augment_gen):
                 stats = self.train_step(views, step_generator(cfg.seed, self.step, salt=1))
+                if self.device.type == "cpu" and not math.isfinite(float(stats["loss"])):
+                    self._diverged("loss", "")  # free on the CPU; elsewhere checked in _flush
                 for k, v in stats.items():
                     window.setdefault(k, []).append(v)
                 n_img += views[0].shape[0] * dist.world_size()
@@ -341,13 +454,7 @@ class Trainer:
         means = {k: float(torch.stack(v).float().mean()) for k, v in window.items()}
         if not all(np.isfinite(v) for v in means.values()):
             bad = [k for k, v in means.items() if not np.isfinite(v)]
-            good = ckpt.latest_good(self.out, warn=lambda m: None)
-            hint = f"last good checkpoint: {good[0]}" if good else "no checkpoint was written yet"
-            raise UserError(
-                f"non-finite {', '.join(bad)} at step {self.step} (within the last "
-                f"{self.cfg.log_every} steps); {hint}. Lower base_lr or lambd, or disable amp.",
-                exit_code=3,
-            )
+            self._diverged(", ".join(bad), f" (within the last {self.cfg.log_every} steps)")
         if self.objective.kind == "grad":
             means.pop("loss", None)  # the surrogate's value carries no meaning
         means["lr"] = float(self.lr[self.step - 1])
@@ -391,6 +498,15 @@ class Trainer:
         if feats is None:
             return {}
         fb, lb, fq, lq = feats
+        n_classes = int(torch.unique(torch.cat([lb.flatten(), lq.flatten()])).numel())
+        if n_classes < 2:
+            print(
+                f"WARNING: kNN/linear evaluation skipped: the {self.cfg.train_split} and "
+                f"{self.cfg.eval_split} splits hold {n_classes} class, where accuracy is 100% "
+                "by construction; give the data at least 2 class folders to evaluate",
+                file=sys.stderr,
+            )
+            return {}
         res = knn_eval(fb, lb, fq, lq, k=self.cfg.knn_k, t=self.cfg.knn_t)
         out = {f"{prefix}knn_top1": res["top1"], f"{prefix}knn_top5": res["top5"]}
         if linear:

@@ -92,7 +92,7 @@ def load_backbone(
             cfg["proj_hidden"],
             predictor=any(k.startswith("predictor.") for k in state),
             pred_hidden=cfg["pred_hidden"],
-            image_size=cfg["image_size"],
+            image_size=cfg["image_size"] or 224,
             norm=cfg.get("norm", "bn"),
         )
     except ValueError as e:

@@ -138,7 +138,7 @@ def baseline_key(cfg: Any) -> tuple[Any, ...]:
 def backbone_label(cfg: Any) -> str:
     """The backbone as the random-init lines of ``results.md`` name it."""
     stem = ", CIFAR stem" if cfg.cifar_stem else ""
-    return f"{cfg.backbone} x{cfg.width:g}{stem}, {cfg.image_size} px"
+    return f"{cfg.backbone} x{cfg.width:g}{stem}, {cfg.image_size or 'data-sized'} px"
 
 
 def init_scores(result: dict[str, Any]) -> dict[str, float]:
