@@ -8,6 +8,7 @@ plain keyword arguments taken from it.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -212,7 +213,7 @@ def build_config(*layers: dict[str, Any]) -> Config:
     validate(cfg)
     if cfg.warmup_epochs is None:  # resolved here, so config.yaml records the value used
         cfg.warmup_epochs = default_warmup(cfg.epochs)
-        if cfg.warmup_epochs < DEFAULT_WARMUP_EPOCHS:
+        if cfg.warmup_epochs < DEFAULT_WARMUP_EPOCHS and os.environ.get("RANK", "0") == "0":
             print(
                 f"note: warm-up shortened to {cfg.warmup_epochs:g} epochs (half of the "
                 f"{cfg.epochs}-epoch run; the default is {DEFAULT_WARMUP_EPOCHS:g})",
