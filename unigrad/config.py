@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -232,7 +233,7 @@ def build_config(*layers: dict[str, Any]) -> Config:
     validate(cfg)
     if cfg.warmup_epochs is None:  # resolved here, so config.yaml records the value used
         cfg.warmup_epochs = default_warmup(cfg.epochs)
-        if cfg.warmup_epochs < DEFAULT_WARMUP_EPOCHS:
+        if cfg.warmup_epochs < DEFAULT_WARMUP_EPOCHS and os.environ.get("RANK", "0") == "0":
             print(
                 f"note: warm-up shortened to {cfg.warmup_epochs:g} epochs (half of the "
                 f"{cfg.epochs}-epoch run; the default is {DEFAULT_WARMUP_EPOCHS:g})",
