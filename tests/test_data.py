@@ -116,7 +116,7 @@ def test_truncated_jpeg_is_skipped_with_a_warning_and_counted_in_memory(folder, 
 
 def test_truncated_jpeg_fails_naming_the_file_when_asked(folder, tmp_path):
     bad = _with_truncated_jpeg(folder)
-    with pytest.raises(UserError, match=rf"cannot decode image .*{bad.name}.*--bad-images skip"):
+    with pytest.raises(UserError, match=rf"cannot decode image .*{bad.name}.*bad_images=skip"):
         M.load_uint8(data=str(folder), bad_images="fail", use_cache=False)
     ds = D.open_split(data=str(folder), bad_images="fail")
     with pytest.raises(UserError, match=bad.name):

@@ -133,6 +133,15 @@ class Trainer:
         self.out = Path(cfg.out)
         self.spec = get_method(cfg.method)
         self.distributed = dist.setup_from_env()
+        # one process per run directory, taken before any work (released if __init__ fails)
+        self._lock = lock_run_dir(self.out) if dist.is_main() else None
+        try:
+            self._setup(cfg, resume, show_progress)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, cfg: Config, resume: bool, show_progress: bool) -> None:
         self.device = select_device(cfg.device)
         world = dist.world_size()
         if cfg.batch_size % world:
@@ -219,12 +228,7 @@ class Trainer:
         self._stop_signal: int | None = None
         self.timer = NullTimer()  # bench/step_breakdown.py swaps in a SectionTimer
 
-        self._lock = lock_run_dir(self.out) if dist.is_main() else None
-        try:
-            self._open_run(resume)
-        except BaseException:
-            self.close()
-            raise
+        self._open_run(resume)
 
     def _open_run(self, resume: bool) -> None:
         """Run log, config.yaml, and the resume (or the check that RUN holds no other run)."""
