@@ -146,7 +146,7 @@ def test_divergence_never_leaves_a_non_finite_checkpoint(capsys, tmp_path, tiny_
 def test_all_finite_is_exact_for_large_finite_values():
     import torch
 
-    from unigrad.engine.trainer import all_finite
+    from unigrad.engine.resume import all_finite
 
     big = {"a": torch.full((4,), 3e38), "b": [torch.ones(2, dtype=torch.float16) * 6e4]}
     assert all_finite(big) and all_finite({"n": torch.arange(3)})

@@ -3,14 +3,14 @@
 Everything that influences the future is in the checkpoint (online and target weights, F or the
 memory bank, optimiser and scaler state, step) and every random draw is a function of
 (seed, step, rank) or (seed, epoch, index), so a run resumed from any step boundary continues
-bit-identically (with deterministic kernels).
+bit-identically (with deterministic kernels). The run-directory lock, the finiteness rule and
+the choice of the checkpoint to resume from are in :mod:`unigrad.engine.resume`; the kNN /
+linear evaluation and the random-init baseline in :mod:`unigrad.engine.evaluation`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import math
-import os
 import random
 import signal
 import sys
@@ -31,90 +31,14 @@ from unigrad.core.targets import TargetBranch, cosine_momentum
 from unigrad.data.pipeline import TrainData, build_train_data, step_generator
 from unigrad.engine import checkpoint as ckpt
 from unigrad.engine.device import resolve_amp, select_device
+from unigrad.engine.evaluation import random_init_backbone, scores
 from unigrad.engine.optim import build_optimizer, lr_schedule, set_lr
 from unigrad.engine.profiling import NullTimer
+from unigrad.engine.resume import all_finite, find_resume_state, good_checkpoint, lock_run_dir
 from unigrad.engine.runlog import RunLog
 from unigrad.errors import UserError
 from unigrad.methods import get_method
 from unigrad.models.networks import build_model
-
-#: Config keys that must match for ``--resume`` to continue a run (architecture and method).
-ARCH_KEYS = (
-    "method",
-    "form",
-    "variant",
-    "target",
-    "backbone",
-    "width",
-    "cifar_stem",
-    "proj_depth",
-    "proj_dim",
-    "proj_hidden",
-    "pred_hidden",
-    "norm",
-    "batch_size",
-    "seed",
-)
-
-
-def _float_tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj.detach()] if obj.is_floating_point() and obj.numel() else []
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _float_tensors(v)]
-    return []
-
-
-def all_finite(state: Any) -> bool:
-    """Whether every floating tensor in a (nested) state dict is finite, on every rank.
-
-    One pass: x * 0 is 0 for finite x and NaN for inf/NaN, so the summed norms of the zeroed
-    tensors are 0 exactly when everything is finite (no overflow from large finite values).
-    """
-    tensors = _float_tensors(state)
-    flag = torch.zeros((), device=tensors[0].device if tensors else "cpu")
-    if tensors:
-        norms = torch._foreach_norm(torch._foreach_mul(tensors, 0.0))
-        flag = torch.stack([n.float().to(flag.device) for n in norms]).sum()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        flag = flag.clone()
-        torch.distributed.all_reduce(flag)
-    return bool(torch.isfinite(flag))
-
-
-def good_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint of ``run_dir`` that loads, validates and holds only finite values."""
-    for p in ckpt.candidates(run_dir) if run_dir.is_dir() else []:
-        try:
-            if all_finite(ckpt.load_checkpoint(p)):
-                return p
-        except ckpt.CheckpointError:
-            continue
-    return None
-
-
-def lock_run_dir(out: Path) -> Any:
-    """Take ``out/.lock`` (an OS lock, released when the process ends, however it ends) and
-    write this process's PID into it; a UserError naming the holder if another process has it."""
-    out.mkdir(parents=True, exist_ok=True)
-    f = open(out / ".lock", "a+")  # noqa: SIM115 - held for the life of the run
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        pid = f.read().strip() or "unknown"
-        f.close()
-        raise UserError(
-            f"{out} is in use by another unigrad process (PID {pid}); wait for it to end, "
-            "stop it, or choose another --out"
-        ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
 
 
 class Interrupted(Exception):
@@ -307,35 +231,10 @@ class Trainer:
 
     def _resume(self) -> bool:
         """Load the newest good checkpoint; False (fresh start) when there is none yet."""
-        found = ckpt.latest_good(
-            self.out, warn=lambda m: print(m, file=sys.stderr) if dist.is_main() else None
-        )
+        found = find_resume_state(self.out, self.cfg)
         if found is None:
-            bad = ckpt.candidates(self.out) if self.out.is_dir() else []
-            if bad:
-                raise UserError(
-                    f"--resume: no checkpoint in {self.out} can be read ("
-                    f"{', '.join(p.name for p in bad)}); nothing was changed. Start the run "
-                    "elsewhere with another --out, or delete these files to start over here"
-                )
-            if dist.is_main():
-                print(
-                    f"--resume: no checkpoint in {self.out} yet; starting from scratch",
-                    file=sys.stderr,
-                )
             return False
         path, state = found
-        old = state.get("config", {})
-        diff = [
-            f"{k}: {old.get(k)!r} -> {getattr(self.cfg, k)!r}"
-            for k in ARCH_KEYS
-            if old.get(k) != getattr(self.cfg, k)
-        ]
-        if diff:
-            raise UserError(
-                f"{path} was written by a different run ({'; '.join(diff)}); resume "
-                "with the same settings or start a new --out"
-            )
         try:
             self.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as e:
@@ -484,59 +383,16 @@ class Trainer:
             {f"diag/{k}": v for k, v in metrics.items()},
         )
 
-    def _random_init_backbone(self) -> nn.Module:
-        """The backbone as initialised with this run's seed (the baseline to beat)."""
-        c = self.cfg
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(c.seed)
-            model = build_model(
-                c.backbone, c.width, c.cifar_stem, image_size=c.image_size, norm=c.norm
-            )
-        return model.encoder.backbone.to(self.device)
-
-    def _scores(self, backbone: nn.Module, linear: bool, prefix: str) -> dict[str, float]:
-        from unigrad.eval.features import accuracy, knn_eval
-        from unigrad.eval.linear import train_linear
-
-        feats = self.data.features(backbone)
-        if feats is None:
-            return {}
-        fb, lb, fq, lq = feats
-        n_classes = int(torch.unique(torch.cat([lb.flatten(), lq.flatten()])).numel())
-        if n_classes < 2:
-            print(
-                f"WARNING: kNN/linear evaluation skipped: the {self.cfg.train_split} and "
-                f"{self.cfg.eval_split} splits hold {n_classes} class, where accuracy is 100% "
-                "by construction; give the data at least 2 class folders to evaluate",
-                file=sys.stderr,
-            )
-            return {}
-        res = knn_eval(fb, lb, fq, lq, k=self.cfg.knn_k, t=self.cfg.knn_t)
-        out = {f"{prefix}knn_top1": res["top1"], f"{prefix}knn_top5": res["top5"]}
-        if linear:
-            n_cls = int(max(lb.max(), lq.max())) + 1
-            head = train_linear(
-                fb.cpu(),
-                lb.cpu(),
-                n_cls,
-                epochs=self.cfg.final_linear_epochs,
-                seed=self.cfg.seed,
-                progress=False,
-            )
-            with torch.no_grad():
-                acc = accuracy(head(fq.cpu()), lq.cpu())
-            out[f"{prefix}linear_top1"], out[f"{prefix}linear_top5"] = acc["top1"], acc["top5"]
-        return out
-
     def evaluate(self, final: bool) -> dict[str, float]:
         """kNN monitor on the eval split (rank 0); at the end optionally a linear probe on the
         same features and the random-init baseline."""
         if not dist.is_main():
             return {}
         linear = final and self.cfg.final_linear_epochs > 0
-        out = self._scores(self.model.encoder.backbone, linear, "")
+        out = scores(self.data, self.model.encoder.backbone, self.cfg, linear)
         if final and self.cfg.knn_baseline and out:
-            out.update(self._scores(self._random_init_backbone(), linear, "init_"))
+            init = random_init_backbone(self.cfg, self.device)
+            out.update(scores(self.data, init, self.cfg, linear, "init_"))
         self.log.log(self.step, self.step / self.steps_per_epoch, out)
         if out:
             epoch = self.step / self.steps_per_epoch

@@ -1,0 +1,134 @@
+"""Resume and run-directory guards: the lock, the finiteness rule for checkpoints, and the choice
+of the checkpoint a run continues from.
+
+* ``RUN/.lock``: an OS lock held for the life of the run (released when the process ends, however
+  it ends) with the holder's PID; a second writer is refused naming it.
+* No checkpoint is ever written with non-finite weights, optimiser or objective state
+  (:func:`all_finite`); after a divergence :func:`good_checkpoint` names one that really is good.
+* ``--resume`` continues from the newest readable checkpoint of the same architecture and method
+  (:data:`ARCH_KEYS`); it refuses when checkpoints exist but none can be read.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unigrad.core import dist
+from unigrad.engine import checkpoint as ckpt
+from unigrad.errors import UserError
+
+#: Config keys that must match for ``--resume`` to continue a run (architecture and method).
+ARCH_KEYS = (
+    "method",
+    "form",
+    "variant",
+    "target",
+    "backbone",
+    "width",
+    "cifar_stem",
+    "proj_depth",
+    "proj_dim",
+    "proj_hidden",
+    "pred_hidden",
+    "norm",
+    "batch_size",
+    "seed",
+)
+
+
+def _float_tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj.detach()] if obj.is_floating_point() and obj.numel() else []
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _float_tensors(v)]
+    return []
+
+
+def all_finite(state: Any) -> bool:
+    """Whether every floating tensor in a (nested) state dict is finite, on every rank.
+
+    One pass: x * 0 is 0 for finite x and NaN for inf/NaN, so the summed norms of the zeroed
+    tensors are 0 exactly when everything is finite (no overflow from large finite values).
+    """
+    tensors = _float_tensors(state)
+    flag = torch.zeros((), device=tensors[0].device if tensors else "cpu")
+    if tensors:
+        norms = torch._foreach_norm(torch._foreach_mul(tensors, 0.0))
+        flag = torch.stack([n.float().to(flag.device) for n in norms]).sum()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = flag.clone()
+        torch.distributed.all_reduce(flag)
+    return bool(torch.isfinite(flag))
+
+
+def good_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint of ``run_dir`` that loads, validates and holds only finite values."""
+    for p in ckpt.candidates(run_dir) if run_dir.is_dir() else []:
+        try:
+            if all_finite(ckpt.load_checkpoint(p)):
+                return p
+        except ckpt.CheckpointError:
+            continue
+    return None
+
+
+def lock_run_dir(out: Path) -> Any:
+    """Take ``out/.lock`` (an OS lock, released when the process ends, however it ends) and
+    write this process's PID into it; a UserError naming the holder if another process has it."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / ".lock", "a+")  # noqa: SIM115 - held for the life of the run
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        f.close()
+        raise UserError(
+            f"{out} is in use by another unigrad process (PID {pid}); wait for it to end, "
+            "stop it, or choose another --out"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def find_resume_state(out: Path, cfg: Any) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint of ``out`` and its state, checked against ``cfg``'s
+    architecture; None when ``out`` holds no checkpoint yet (a fresh start, said on stderr)."""
+    found = ckpt.latest_good(
+        out, warn=lambda m: print(m, file=sys.stderr) if dist.is_main() else None
+    )
+    if found is None:
+        bad = ckpt.candidates(out) if out.is_dir() else []
+        if bad:
+            raise UserError(
+                f"--resume: no checkpoint in {out} can be read ("
+                f"{', '.join(p.name for p in bad)}); nothing was changed. Start the run "
+                "elsewhere with another --out, or delete these files to start over here"
+            )
+        if dist.is_main():
+            print(f"--resume: no checkpoint in {out} yet; starting from scratch", file=sys.stderr)
+        return None
+    path, state = found
+    old = state.get("config", {})
+    diff = [
+        f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}"
+        for k in ARCH_KEYS
+        if old.get(k) != getattr(cfg, k)
+    ]
+    if diff:
+        raise UserError(
+            f"{path} was written by a different run ({'; '.join(diff)}); resume "
+            "with the same settings or start a new --out"
+        )
+    return path, state
