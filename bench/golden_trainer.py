@@ -18,22 +18,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import TINY, make_image_folder
+from golden import RECORDED_METHODS
 
 from unigrad.config import build_config
 from unigrad.methods import METHODS
 
 
 def configs():
-    for name in (
-        "moco",
-        "simclr",
-        "byol",
-        "simsiam",
-        "directpred",
-        "barlow_twins",
-        "vicreg",
-        "unigrad",
-    ):
+    for name in RECORDED_METHODS:
         spec = METHODS[name]
         if spec.loss is not None:
             yield f"{name}-loss", {"method": name, "form": "loss"}

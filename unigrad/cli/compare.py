@@ -134,6 +134,7 @@ def _train(cfg, spec, first: bool, quiet: bool) -> dict:
 
 def _last_diagnostics(run_dir: Path) -> dict[str, float]:
     import csv
+    import statistics
 
     last: dict[str, float] = {}
     speeds: list[float] = []
@@ -143,5 +144,5 @@ def _last_diagnostics(run_dir: Path) -> dict[str, float]:
             if r["name"] == "img_per_s":
                 speeds.append(float(r["value"]))
     if speeds:  # training throughput, the first window (warm-up, compilation) left out
-        last["img_per_s_mean"] = round(sum(speeds[1:] or speeds) / len(speeds[1:] or speeds), 1)
+        last["img_per_s_mean"] = round(statistics.mean(speeds[1:] or speeds), 1)
     return last
