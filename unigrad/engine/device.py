@@ -57,26 +57,14 @@ def amp_cache_path() -> Path:
     return default_cache_dir() / "amp.json"
 
 
-def _time_passes(
-    model: torch.nn.Module,
-    views: list[torch.Tensor],
-    dtype: torch.dtype | None,
-    iters: int,
-    give_up_s: float = float("inf"),
-) -> list[float]:
-    """Seconds of 1 warm-up + ``iters`` forward/backward passes (only the warm-up when it
-    takes longer than ``give_up_s``)."""
-    times: list[float] = []
-    for _ in range(1 + iters):
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            z, p = model(views)
-            loss = sum(x.float().square().mean() for x in [*z, *(p or [])])
-        loss.backward()  # type: ignore[union-attr]
-        times.append(time.perf_counter() - t0)
-        if times[0] > give_up_s:
-            break
-    return times
+def _pass_s(model: torch.nn.Module, views: list[torch.Tensor], dtype: torch.dtype | None) -> float:
+    """Seconds of one forward/backward pass of ``model`` on ``views`` under ``dtype`` autocast."""
+    t0 = time.perf_counter()
+    with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        z, p = model(views)
+        loss = sum(x.float().square().mean() for x in [*z, *(p or [])])
+    loss.backward()  # type: ignore[union-attr]
+    return time.perf_counter() - t0
 
 
 def measure_cpu_amp(
@@ -96,13 +84,23 @@ def measure_cpu_amp(
                 torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=fmt)
                 for _ in range(2)
             ]
-            fp32 = _time_passes(model, views, None, iters)
-            fp32_s = min(fp32[1:])  # the least disturbed pass
-            try:  # a bf16 warm-up 3x slower than fp32's: emulated bf16, no need to time more
-                bf16 = _time_passes(model, views, torch.bfloat16, iters, give_up_s=3 * fp32[0])
-                bf16_s: float | None = min(bf16[1:] or bf16)
-            except RuntimeError:  # no bf16 autocast on this CPU
-                bf16_s = None
+            # Round 0 warms both precisions up; then fp32 and bf16 passes alternate, so that a
+            # burst of load on the host cannot fall on one precision only. min = least disturbed.
+            fp32_t: list[float] = []
+            bf16_t: list[float] | None = []
+            for r in range(1 + iters):
+                fp32_t.append(_pass_s(model, views, None))
+                if bf16_t is None:
+                    continue
+                try:
+                    bf16_t.append(_pass_s(model, views, torch.bfloat16))
+                except RuntimeError:  # no bf16 autocast on this CPU
+                    bf16_t = None
+                    continue
+                if r == 0 and bf16_t[0] > 3 * fp32_t[0]:  # emulated bf16: no need to time more
+                    break
+            fp32_s = min(fp32_t[1:] or fp32_t)
+            bf16_s = min(bf16_t[1:] or bf16_t) if bf16_t else None
     finally:
         model.load_state_dict(state)
         model.zero_grad(set_to_none=True)
