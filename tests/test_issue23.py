@@ -332,6 +332,35 @@ def test_amp_auto_on_cpu_measures_once_then_uses_the_cache(monkeypatch, capsys, 
     assert calls == [1, 1]
 
 
+@pytest.mark.parametrize(
+    "fp32,bf16,choice,rounds",
+    [
+        # a burst of host load during the first fp32 passes (as when another process's workers
+        # are still running) no longer hands the verdict to bf16: the rounds alternate
+        ([1.0, 0.9, 0.1, 0.1], [1.0, 0.15, 0.15, 0.15], "fp32", 4),
+        ([1.0, 0.2, 0.2, 0.2], [1.0, 0.1, 0.5, 0.1], "bf16", 4),
+        ([1.0, 0.1, 0.1, 0.1], [3.5, 9.0, 9.0, 9.0], "fp32", 1),  # emulated: one warm-up each
+    ],
+)
+def test_amp_measurement_alternates_precisions(monkeypatch, fp32, bf16, choice, rounds):
+    import torch
+
+    from unigrad.engine import device as dev
+
+    order = []
+
+    def scripted(model, views, dtype):
+        times = bf16 if dtype is torch.bfloat16 else fp32
+        order.append("bf16" if dtype is torch.bfloat16 else "fp32")
+        return times[sum(o == order[-1] for o in order) - 1]
+
+    monkeypatch.setattr(dev, "_pass_s", scripted)
+    cfg = _amp_cfg()
+    verdict = dev.measure_cpu_amp(_tiny_model(cfg), 8, 2, False, iters=3)
+    assert verdict["choice"] == choice
+    assert order == ["fp32", "bf16"] * rounds
+
+
 @pytest.mark.parametrize("amp,name", [("off", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")])
 def test_explicit_amp_never_measures(monkeypatch, amp, name):
     import torch
