@@ -4,4 +4,4 @@ from unigrad.core.objective import Objective
 from unigrad.methods import METHODS, get_method
 
 __all__ = ["METHODS", "Objective", "get_method"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

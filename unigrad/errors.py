@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class UserError(Exception):
     """A problem the user can fix: the message names the problem and the fix.
@@ -12,3 +15,14 @@ class UserError(Exception):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def optional(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import an optional dependency, or refuse in one line with the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(
+            f"{purpose} needs {module.split('.')[0]}, which is not installed: "
+            f"pip install 'unigrad[{extra}]'"
+        ) from None

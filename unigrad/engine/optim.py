@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.optim import Lars
 from torch import nn
+
+from unigrad.errors import optional
 
 
 def lr_schedule(
@@ -104,7 +105,8 @@ def build_optimizer(
     if extra:
         groups.append({"params": extra, "weight_decay": 0.0, "lr_scale": 1.0, "fixed_lr": False})
     if lars:
-        return Lars(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        lars_cls = optional("timm.optim", "timm", "optimizer: lars").Lars
+        return lars_cls(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from pathlib import Path
 
 from unigrad.core import dist
@@ -26,8 +27,15 @@ class RunLog:
         if not self.path.exists():
             self.path.write_text(",".join(HEADER) + "\n")
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is the optional extra unigrad[tb]
+                print(
+                    "tensorboard is not installed: metrics go to metrics.csv only "
+                    "(pip install 'unigrad[tb]', or --set tensorboard=false to silence this)",
+                    file=sys.stderr,
+                )
+                return
             self._tb = SummaryWriter(str(out / "tb"))
 
     def truncate_after(self, step: int) -> None:

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from matplotlib import colormaps
-from matplotlib.figure import Figure
 
 from unigrad.errors import UserError
 from unigrad.eval.diagnostics import SPECTRUM_FILE, read_spectrum
@@ -152,7 +150,18 @@ _LEGEND_COLUMNS = 4
 _STYLES = ("-", "--", ":", "-.")
 
 
+def have_matplotlib() -> bool:
+    """Whether the figures can be drawn (matplotlib is the optional extra ``unigrad[report]``)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _line_style(i: int, n: int) -> dict[str, Any]:
+    from matplotlib import colormaps
+
     """Colour and line style of run ``i`` of ``n``: the 10-colour cycle for up to 10 runs, then
     20 colours x 4 line styles, so that up to 80 runs are drawn distinctly."""
     if n <= 10:
@@ -169,6 +178,8 @@ def draw_plot(plot: Plot, runs: list[Run], out: Path) -> tuple[bool, list[str]]:
     if not any(_series(r, p) for r in runs for p in plot.panels):
         names = ", ".join(f"`{m}`" for p in plot.panels for m in p.metrics)
         return False, [f"{plot.title}: not plotted, no run logged {names}"]
+    from matplotlib.figure import Figure
+
     notes = []
     # many runs (a whole grid): one legend under the panels instead of one covering each panel
     shared = len(runs) > _LEGEND_INSIDE_MAX
@@ -216,6 +227,8 @@ def draw_spectrum(runs: list[Run], out: Path, file: str = "spectrum.png") -> tup
     have = [(i, r) for i, r in enumerate(runs) if r.spectrum]
     if not have:
         return False, [f"F spectrum: not plotted, no run has {SPECTRUM_FILE}"]
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     for i, run in have:
@@ -284,6 +297,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> P
     md += ["", "## Final numbers (last logged value)", "", final_table(runs), "", "## Plots", ""]
     figures = [(p.title, p.file, lambda p=p: draw_plot(p, runs, out)) for p in PLOTS]
     figures.append(("Spectrum of F", "spectrum.png", lambda: draw_spectrum(runs, out)))
+    if not have_matplotlib():
+        figures = []
+        notes.append("figures skipped: matplotlib is not installed (pip install 'unigrad[report]')")
     for title, file, draw in figures:
         drawn, plot_notes = draw()
         notes += plot_notes
