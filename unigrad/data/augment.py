@@ -10,9 +10,12 @@ probabilities may differ per view (BYOL: blur 1.0 / 0.1, solarize 0 / 0.2; see
 
 - standard: :class:`ViewsDataset`, torchvision ``transforms.v2`` per image in DataLoader
   workers (any image size); the randomness of sample ``i`` is a pure function of
-  (seed, epoch, i), so a resumed run redraws the same views without saving RNG states.
-- fast: :class:`FastAugment`, whole uint8 batches as tensors (in-memory data), every random
-  number drawn from an explicit CPU ``torch.Generator``; crops through one ``roi_align`` call.
+  (seed, epoch, i), so a resumed run redraws the same views without saving RNG states. Its
+  per-image transform, :class:`MultiViewTransform` (``img -> list of views``), also serves as
+  the ``transform`` of any user's Dataset (then drawing from torch's global RNG).
+- fast: :class:`FastAugment`, whole batches (uint8, or float in [0, 1]) as tensors (in-memory
+  data), every random number drawn from an explicit CPU ``torch.Generator``; crops through one
+  ``roi_align`` call.
 
 The fast pipeline's crop boxes are continuous (no rounding to whole pixels), otherwise its
 parameters follow torchvision's sampling step by step (10 crop trials then a centre crop, the
@@ -363,7 +366,7 @@ def sampled_params(
     ``aspect`` (crop width / height), ``brightness``, ``contrast``, ``saturation``, ``hue``;
     with ``ops`` also [N] bool ``flip``, ``jitter``, ``gray``, ``blur``, ``solarize``: whether
     each op applies (``standard``: its torchvision transform, run on a small probe image,
-    returned a new image; the jitter flag needs a jitter range that is not the identity).
+    returned a new image; jitter and blur: a ``RandomApply`` of the same ``p`` around a copy).
     """
     vs = spec.views()[view]
     if pipeline == "fast":
@@ -379,10 +382,11 @@ def sampled_params(
             torch.default_generator.manual_seed(seed)
             boxes = [crop.make_params(img) for _ in range(n)]
             jit = [jitter.make_params(img) for _ in range(n)]
-            if ops:  # the random-apply transforms return their input when they do not apply
-                side = K.blur_kernel_size(vs.size)
-                probe = tv_tensors.Image(torch.rand(3, side, side))
-                steps = dict(zip(OPS, (t[2], t[4], t[5], t[6], t[7]), strict=True))
+            if ops:  # a random-apply transform returns its input when it does not apply
+                probe = tv_tensors.Image(torch.rand(3, 4, 4))
+                # RandomApply's draw with a cheap op in place of its (slow) jitter or blur
+                jitter_draw, blur_draw = (v2.RandomApply([torch.clone], s.p) for s in (t[4], t[6]))
+                steps = dict(zip(OPS, (t[2], jitter_draw, t[5], blur_draw, t[7]), strict=True))
                 flags = {
                     k: torch.tensor([s(probe) is not probe for _ in range(n)])
                     for k, s in steps.items()
