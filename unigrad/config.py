@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from unigrad.core.objective import check_parts
 from unigrad.core.spec import HyperparameterError
 from unigrad.core.targets import TARGETS
+from unigrad.data.recipe import AugmentSpec
 from unigrad.errors import UserError
 from unigrad.methods import METHODS, get_method
 from unigrad.models.networks import BACKBONES, VIT_PREFIX
@@ -69,10 +70,11 @@ class Config:
     contrast: float = 0.4
     saturation: float = 0.4
     hue: float = 0.1
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
-    blur_p: float = 0.5
-    solarize_p: float = 0.0
+    # op probabilities: one number (every view) or a list, one per global view (AugmentSpec)
+    jitter_p: Any = 0.8
+    gray_p: Any = 0.2
+    blur_p: Any = 0.5  # BYOL's two views: [1.0, 0.1] (preset byol-augment)
+    solarize_p: Any = 0.0  # BYOL's two views: [0.0, 0.2]
     multi_crop: str = ""  # e.g. "2x32,6x16": global x size, local x size
     local_scale_min: float = 0.05
     local_scale_max: float = 0.4
@@ -182,8 +184,9 @@ _STR_KEYS = {f.name for f in fields(Config) if "str" in str(f.type)}
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """``key=value`` strings -> dict, values parsed as YAML scalars (1e-3, true, null); keys of
-    string type keep their text (``amp=off`` is "off", not YAML's false)."""
+    """``key=value`` strings -> dict, values parsed as YAML scalars (1e-3, true, null), numbers
+    separated by commas as a list (``blur_p=1.0,0.1``); keys of string type keep their text
+    (``amp=off`` is "off", not YAML's false)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -197,7 +200,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             out[k] = yaml.safe_load(v)
             if isinstance(out[k], str):  # YAML 1.1 reads 1e-3 as a string
                 with contextlib.suppress(ValueError):
-                    out[k] = float(v)
+                    out[k] = float(v) if "," not in v else [float(x) for x in v.split(",")]
     return out
 
 
@@ -340,8 +343,7 @@ def validate(cfg: Config) -> None:
         0 < cfg.local_scale_min <= cfg.local_scale_max <= 1,
         "need 0 < local_scale_min <= local_scale_max <= 1",
     )
-    for key in ("jitter_p", "gray_p", "blur_p", "solarize_p"):
-        _check(0 <= getattr(cfg, key) <= 1, f"{key} must be a probability in [0, 1]")
+    AugmentSpec.from_config(cfg)  # the op probabilities: one, or one per global view
     _check(
         cfg.momentum_base is None or 0 <= cfg.momentum_base <= 1, "momentum_base must be in [0, 1]"
     )

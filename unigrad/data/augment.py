@@ -4,13 +4,18 @@ Per view, in this order: random resized crop (scale range per view, aspect 3/4-4
 flip (p 0.5), colour jitter (brightness/contrast/saturation/hue in a random order per sample, as
 torchvision's ColorJitter, applied with ``jitter_p``), grayscale (``gray_p``), Gaussian blur
 (kernel ~10% of the view, sigma 0.1-2, ``blur_p``), solarize (threshold 0.5, ``solarize_p``),
-normalise with MEAN/STD. Views come global first, then local (multi-crop).
+normalise with MEAN/STD. Views come global first, then local (multi-crop). The four
+probabilities may differ per view (BYOL: blur 1.0 / 0.1, solarize 0 / 0.2; see
+:class:`AugmentSpec`).
 
 - standard: :class:`ViewsDataset`, torchvision ``transforms.v2`` per image in DataLoader
   workers (any image size); the randomness of sample ``i`` is a pure function of
-  (seed, epoch, i), so a resumed run redraws the same views without saving RNG states.
-- fast: :class:`FastAugment`, whole uint8 batches as tensors (in-memory data), every random
-  number drawn from an explicit CPU ``torch.Generator``; crops through one ``roi_align`` call.
+  (seed, epoch, i), so a resumed run redraws the same views without saving RNG states. Its
+  per-image transform, :class:`MultiViewTransform` (``img -> list of views``), also serves as
+  the ``transform`` of any user's Dataset (then drawing from torch's global RNG).
+- fast: :class:`FastAugment`, whole batches (uint8, or float in [0, 1]) as tensors (in-memory
+  data), every random number drawn from an explicit CPU ``torch.Generator``; crops through one
+  ``roi_align`` call.
 
 The fast pipeline's crop boxes are continuous (no rounding to whole pixels), otherwise its
 parameters follow torchvision's sampling step by step (10 crop trials then a centre crop, the
@@ -21,92 +26,47 @@ exposes both pipelines' draws so a test can compare them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from unigrad.data import kernels as K
 from unigrad.data.datasets import MEAN, STD, mix_seed
+from unigrad.data.recipe import (  # re-exported: the recipe's home is recipe.py
+    PROB_KEYS,
+    AugmentSpec,
+    ViewSpec,
+    parse_multi_crop,
+    view_probabilities,
+)
 from unigrad.errors import UserError
+
+__all__ = [
+    "PROB_KEYS",
+    "AugmentSpec",
+    "FastAugment",
+    "MultiViewTransform",
+    "ViewParams",
+    "ViewSpec",
+    "ViewsDataset",
+    "apply_view",
+    "check_images",
+    "cutmix",
+    "parse_multi_crop",
+    "sample_view_params",
+    "sampled_params",
+    "standard_view",
+    "view_probabilities",
+]
 
 ASPECT = (3 / 4, 4 / 3)
 SIGMA = (0.1, 2.0)
 SOLARIZE_THRESHOLD = 0.5
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    """One view: output side in pixels and the crop's area fraction range."""
-
-    size: int
-    scale: tuple[float, float]
-
-
-def parse_multi_crop(text: str) -> list[tuple[int, int]]:
-    """``"2x32,6x16"`` -> [(2, 32), (6, 16)]: (count, size) of the global, then local views."""
-    groups = []
-    for part in text.replace(" ", "").split(","):
-        count, sep, size = part.partition("x")
-        if not (sep and count.isdigit() and size.isdigit() and int(count) and int(size)):
-            groups = []
-            break
-        groups.append((int(count), int(size)))
-    if not 1 <= len(groups) <= 2 or groups[0][0] < 2:
-        raise UserError(
-            f"multi_crop must look like '2x224,6x96' (global views x size, then local views x "
-            f"size; at least 2 global views), got {text!r}"
-        )
-    return groups
-
-
-@dataclass(frozen=True)
-class AugmentSpec:
-    """The augmentation recipe; field names are the config keys (``n_global``: 4 for asym2x)."""
-
-    image_size: int = 224
-    crop_scale_min: float = 0.2
-    crop_scale_max: float = 1.0
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
-    blur_p: float = 0.5
-    solarize_p: float = 0.0
-    multi_crop: str = ""
-    local_scale_min: float = 0.05
-    local_scale_max: float = 0.4
-    n_global: int = 2
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> AugmentSpec:
-        """From a :class:`unigrad.config.Config` (or any object with these attributes)."""
-        kw = {f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)}
-        if getattr(cfg, "symmetry", "sym") == "asym2x":
-            kw["n_global"] = 4
-        return cls(**kw)
-
-    def views(self) -> list[ViewSpec]:
-        """Global views first, then local ones."""
-        global_scale = (self.crop_scale_min, self.crop_scale_max)
-        if not self.multi_crop:
-            return [ViewSpec(self.image_size, global_scale)] * self.n_global
-        groups = parse_multi_crop(self.multi_crop)
-        out = [ViewSpec(groups[0][1], global_scale)] * groups[0][0]
-        if len(groups) == 2:
-            local = (self.local_scale_min, self.local_scale_max)
-            out += [ViewSpec(groups[1][1], local)] * groups[1][0]
-        return out
-
-    def jitter_ranges(self) -> list[tuple[float, float]]:
-        """(low, high) of the brightness, contrast, saturation, hue factors (torchvision's)."""
-        b, c, s = self.brightness, self.contrast, self.saturation
-        return [(max(0.0, 1 - f), 1 + f) for f in (b, c, s)] + [(-self.hue, self.hue)]
 
 
 # --- fast: whole batches --------------------------------------------------------------------
@@ -157,13 +117,13 @@ def sample_view_params(
     return ViewParams(
         boxes=torch.stack((x0, y0, x0 + w, y0 + h), 1),
         flip=torch.rand(n, generator=g) < 0.5,
-        jitter=torch.rand(n, generator=g) < spec.jitter_p,
+        jitter=torch.rand(n, generator=g) < view.jitter_p,
         factors=lo + (hi - lo) * torch.rand(n, 4, generator=g),
         order=torch.rand(n, 4, generator=g).argsort(1),
-        gray=torch.rand(n, generator=g) < spec.gray_p,
-        blur=torch.rand(n, generator=g) < spec.blur_p,
+        gray=torch.rand(n, generator=g) < view.gray_p,
+        blur=torch.rand(n, generator=g) < view.blur_p,
         sigma=torch.empty(n).uniform_(*SIGMA, generator=g),
-        solarize=torch.rand(n, generator=g) < spec.solarize_p,
+        solarize=torch.rand(n, generator=g) < view.solarize_p,
     )
 
 
@@ -201,6 +161,28 @@ def apply_view(
     return v.contiguous(memory_format=torch.channels_last) if channels_last else v
 
 
+def check_images(images: Any, layout: str, who: str) -> None:
+    """Refuse anything but a uint8 (0..255) or floating ([0, 1]) tensor of ``layout``
+    ("N, 3, H, W" or "3, H, W") with one line saying what was given and what is expected."""
+    want = f"{who} expects images [{layout}], uint8 in 0..255 or floating in [0, 1]"
+    if not isinstance(images, torch.Tensor):
+        raise UserError(f"{want}; got a {type(images).__name__}")
+    rank = layout.count(",") + 1
+    if images.dim() != rank or images.shape[-3] != 3:
+        raise UserError(f"{want}; got shape {list(images.shape)}")
+    if images.dtype == torch.uint8:
+        return
+    if not images.is_floating_point():
+        raise UserError(f"{want}; got dtype {images.dtype}")
+    if images.numel():
+        lo, hi = (float(v) for v in torch.aminmax(images))  # one device sync
+        if not 0 <= lo <= hi <= 1:  # NaN fails too
+            raise UserError(
+                f"{want}; got {images.dtype} values in [{lo:.4g}, {hi:.4g}] (pass images "
+                "before normalisation: x / 255, not (x - mean) / std)"
+            )
+
+
 class FastAugment:
     """Views of in-memory uint8 batches as whole-batch tensor ops.
 
@@ -229,12 +211,17 @@ class FastAugment:
     def __call__(
         self, images: torch.Tensor, generator: torch.Generator, part: tuple[int, int] = (0, 1)
     ) -> list[torch.Tensor]:
-        """images: [N, 3, H, W] uint8 on any device -> views [N, 3, s, s] float32 there.
+        """images: [N, 3, H, W] on any device -> views [N, 3, s, s] float32 there.
+
+        The images are uint8 (0..255) or floating in [0, 1] (float ``x / 255`` gives the views
+        of uint8 ``x``); anything else (another dtype, values outside [0, 1] such as already
+        normalised images, another shape) raises :class:`UserError`.
 
         ``part`` = (rank, world_size): the parameters are drawn for the whole global batch of
         N * world_size images (same generator state on every rank) and this rank applies its
         slice, so a distributed run sees exactly the views of a single-process run.
         """
+        check_images(images, "N, 3, H, W", "FastAugment")
         n, _, h, w = images.shape
         rank, world = part
         threads = torch.get_num_threads()
@@ -248,7 +235,7 @@ class FastAugment:
                     ViewParams(**{f.name: getattr(p, f.name)[rows] for f in fields(p)})
                     for p in params
                 ]
-            x = images.float().div_(255)
+            x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
             return [
                 apply_view(self.spec, x, p, v.size, self.channels_last)
                 for p, v in zip(params, self.views, strict=True)
@@ -270,16 +257,58 @@ def standard_view(spec: AugmentSpec, view: ViewSpec) -> v2.Compose:
             v2.ToDtype(torch.float32, scale=True),
             v2.RandomApply(
                 [v2.ColorJitter(spec.brightness, spec.contrast, spec.saturation, spec.hue)],
-                p=spec.jitter_p,
+                p=view.jitter_p,
             ),
-            v2.RandomGrayscale(spec.gray_p),
+            v2.RandomGrayscale(view.gray_p),
             v2.RandomApply(
-                [v2.GaussianBlur(K.blur_kernel_size(view.size), sigma=SIGMA)], p=spec.blur_p
+                [v2.GaussianBlur(K.blur_kernel_size(view.size), sigma=SIGMA)], p=view.blur_p
             ),
-            v2.RandomSolarize(SOLARIZE_THRESHOLD, p=spec.solarize_p),
+            v2.RandomSolarize(SOLARIZE_THRESHOLD, p=view.solarize_p),
             v2.Normalize(MEAN, STD),
         ]
     )
+
+
+class MultiViewTransform:
+    """``img -> list of views``: the recipe's views of one image, for any torch Dataset.
+
+    ``torchvision.datasets.CIFAR10(root, transform=MultiViewTransform(image_size=32))`` yields
+    (views, label); a DataLoader's default collate turns the views into a list of
+    [B, 3, s, s] batches. Each view is torchvision v2 per-image ops (:func:`standard_view`).
+
+    Input: a PIL image (converted to RGB), or a [3, H, W] tensor, uint8 (0..255) or floating
+    in [0, 1]. Output: a list of float32 [3, s, s] tensors normalised with MEAN/STD, global
+    views first (s = ``image_size``, or multi_crop's sizes), then local ones.
+
+    Randomness comes from torch's global RNG (``torch.manual_seed``; DataLoader workers get
+    seeds of their own). :class:`ViewsDataset` draws from (seed, epoch, index) instead.
+
+    Args:
+        spec: the recipe (default :class:`AugmentSpec`'s, 224 px).
+        **recipe: AugmentSpec fields that override ``spec``'s, e.g. ``image_size=32,
+            blur_p=[1.0, 0.1], solarize_p=[0.0, 0.2]`` (BYOL's two views).
+    """
+
+    def __init__(self, spec: AugmentSpec | None = None, **recipe: Any) -> None:
+        valid = [f.name for f in fields(AugmentSpec)]
+        unknown = sorted(set(recipe) - set(valid))
+        if unknown:
+            raise UserError(
+                f"MultiViewTransform: unknown recipe key {', '.join(map(repr, unknown))}; "
+                f"valid keys: {', '.join(valid)}"
+            )
+        self.spec = replace(spec or AugmentSpec(), **recipe)
+        self.transforms = [standard_view(self.spec, v) for v in self.spec.views()]
+
+    def __call__(self, img: Any) -> list[torch.Tensor]:
+        if isinstance(img, Image.Image) and img.mode != "RGB":
+            img = img.convert("RGB")
+        elif isinstance(img, torch.Tensor):
+            check_images(img, "3, H, W", "MultiViewTransform")
+        return [t(img) for t in self.transforms]
+
+    def __repr__(self) -> str:
+        return f"MultiViewTransform({self.spec})"
 
 
 class ViewsDataset(Dataset):
@@ -292,7 +321,7 @@ class ViewsDataset(Dataset):
 
     def __init__(self, base: Dataset, spec: AugmentSpec, seed: int, epoch: int = 0) -> None:
         self.base, self.spec, self.seed = base, spec, seed
-        self.transforms = [standard_view(spec, v) for v in spec.views()]
+        self.transform = MultiViewTransform(spec)
         self._epoch = torch.tensor([epoch]).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
@@ -311,26 +340,40 @@ class ViewsDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only: torch.manual_seed also queues seeds for CUDA/XPU (slow)
             torch.default_generator.manual_seed(mix_seed(self.seed, self.epoch, index))
-            return [t(img) for t in self.transforms], label
+            return self.transform(img), label
 
 
 # --- both: the parameters they draw -----------------------------------------------------------
 
 
+OPS = ("flip", "jitter", "gray", "blur", "solarize")
+
+
 def sampled_params(
-    pipeline: str, spec: AugmentSpec, view: int, n: int, height: int, width: int, seed: int = 0
+    pipeline: str,
+    spec: AugmentSpec,
+    view: int,
+    n: int,
+    height: int,
+    width: int,
+    seed: int = 0,
+    ops: bool = False,
 ) -> dict[str, torch.Tensor]:
     """N draws of one view's crop and jitter parameters for an H x W image, by either pipeline.
 
     ``standard`` calls the torchvision transforms' own ``make_params``; ``fast`` calls
     :func:`sample_view_params`. Returns [N] tensors: ``scale`` (crop area / image area),
-    ``aspect`` (crop width / height), ``brightness``, ``contrast``, ``saturation``, ``hue``.
+    ``aspect`` (crop width / height), ``brightness``, ``contrast``, ``saturation``, ``hue``;
+    with ``ops`` also [N] bool ``flip``, ``jitter``, ``gray``, ``blur``, ``solarize``: whether
+    each op applies (``standard``: its torchvision transform, run on a small probe image,
+    returned a new image; jitter and blur: a ``RandomApply`` of the same ``p`` around a copy).
     """
     vs = spec.views()[view]
     if pipeline == "fast":
         p = sample_view_params(spec, vs, n, height, width, torch.Generator().manual_seed(seed))
         w, h = (p.boxes[:, 2] - p.boxes[:, 0]), (p.boxes[:, 3] - p.boxes[:, 1])
         f = p.factors
+        flags = {k: getattr(p, k) for k in OPS}
     else:
         t = standard_view(spec, vs).transforms
         crop, jitter = t[1], t[4].transforms[0]
@@ -339,12 +382,22 @@ def sampled_params(
             torch.default_generator.manual_seed(seed)
             boxes = [crop.make_params(img) for _ in range(n)]
             jit = [jitter.make_params(img) for _ in range(n)]
+            if ops:  # a random-apply transform returns its input when it does not apply
+                probe = tv_tensors.Image(torch.rand(3, 4, 4))
+                # RandomApply's draw with a cheap op in place of its (slow) jitter or blur
+                jitter_draw, blur_draw = (v2.RandomApply([torch.clone], s.p) for s in (t[4], t[6]))
+                steps = dict(zip(OPS, (t[2], jitter_draw, t[5], blur_draw, t[7]), strict=True))
+                flags = {
+                    k: torch.tensor([s(probe) is not probe for _ in range(n)])
+                    for k, s in steps.items()
+                }
         w = torch.tensor([b["width"] for b in boxes], dtype=torch.float32)
         h = torch.tensor([b["height"] for b in boxes], dtype=torch.float32)
         keys = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
         f = torch.tensor([[j[k] if j[k] is not None else math.nan for k in keys] for j in jit])
     out = {"scale": w * h / (height * width), "aspect": w / h}
-    return out | dict(zip(("brightness", "contrast", "saturation", "hue"), f.T, strict=True))
+    out |= dict(zip(("brightness", "contrast", "saturation", "hue"), f.T, strict=True))
+    return out | flags if ops else out
 
 
 # --- CutMix -----------------------------------------------------------------------------------
