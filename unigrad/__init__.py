@@ -1,7 +1,55 @@
-"""unigrad: Siamese self-supervised learning in loss form and unified gradient form."""
+"""unigrad: Siamese self-supervised learning in loss form and unified gradient form.
 
-from unigrad.core.objective import Objective
-from unigrad.methods import METHODS, get_method
+The public API, for one's own training loop (README: "Use unigrad in your own training loop"):
 
-__all__ = ["METHODS", "Objective", "get_method"]
+- objective: :class:`Objective` (loss or gradient form of any method; owns the sample set, e.g.
+  F or the memory bank, as buffers), :class:`TargetOut`, :data:`METHODS`, :func:`get_method`,
+  :func:`register` (add a method);
+- target branch: :class:`TargetBranch` (shared, stop-gradient, momentum, snapshot) with its EMA
+  update, :func:`cosine_momentum`;
+- networks: :func:`mlp` (projector / predictor heads), :func:`build_model`, :func:`resnet_backbone`;
+- views: :class:`MultiViewTransform` (per image, any Dataset), :class:`FastAugment` (whole uint8 or
+  float batches, CPU or GPU), :class:`AugmentSpec`, :class:`ViewsDataset`, :func:`cutmix` with :class:`Mix`;
+- the trainer: :func:`make_config`, :class:`Trainer`; export: :func:`export_backbone`.
+"""
+
+from unigrad.config import Config, make_config
+from unigrad.core.objective import Mix, Objective
+from unigrad.core.targets import TargetBranch, TargetOut, cosine_momentum
+from unigrad.data.augment import (
+    AugmentSpec,
+    FastAugment,
+    MultiViewTransform,
+    ViewsDataset,
+    cutmix,
+)
+from unigrad.engine.trainer import Trainer
+from unigrad.errors import UserError
+from unigrad.eval.export import export_backbone
+from unigrad.methods import METHODS, get_method, register
+from unigrad.models.networks import build_model, mlp, resnet_backbone
+
+__all__ = [
+    "METHODS",
+    "AugmentSpec",
+    "Config",
+    "FastAugment",
+    "Mix",
+    "MultiViewTransform",
+    "Objective",
+    "TargetBranch",
+    "TargetOut",
+    "Trainer",
+    "UserError",
+    "ViewsDataset",
+    "build_model",
+    "cosine_momentum",
+    "cutmix",
+    "export_backbone",
+    "get_method",
+    "make_config",
+    "mlp",
+    "register",
+    "resnet_backbone",
+]
 __version__ = "0.2.0"

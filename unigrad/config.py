@@ -367,3 +367,10 @@ def _n_views(multi_crop: str) -> int:
         return sum(int(part.split("x")[0]) for part in multi_crop.split(","))
     except ValueError:
         return 2
+
+
+def make_config(preset: str | None = None, **overrides: Any) -> Config:
+    """A checked :class:`Config` for :class:`~unigrad.Trainer`: a shipped preset (or YAML path)
+    plus keyword overrides, e.g. ``make_config("cifar-quick", data="DIR", out="runs/a",
+    method="byol")``. Method hyperparameters (``tau=0.1``) are accepted as keywords too."""
+    return build_config(load_yaml(preset) if preset else {}, overrides)

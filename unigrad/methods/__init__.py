@@ -27,6 +27,7 @@ def register(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
 
 
 def get_method(name: str) -> MethodSpec:
+    """The registered :class:`~unigrad.core.spec.MethodSpec` called ``name`` (KeyError if none)."""
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     return METHODS[name]
