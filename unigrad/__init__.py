@@ -8,8 +8,9 @@ The public API, for one's own training loop (README: "Use unigrad in your own tr
 - target branch: :class:`TargetBranch` (shared, stop-gradient, momentum, snapshot) with its EMA
   update, :func:`cosine_momentum`;
 - networks: :func:`mlp` (projector / predictor heads), :func:`build_model`, :func:`resnet_backbone`;
-- views: :class:`MultiViewTransform` (per image, any Dataset), :class:`FastAugment` (whole uint8 or
-  float batches, CPU or GPU), :class:`AugmentSpec`, :class:`ViewsDataset`, :func:`cutmix` with :class:`Mix`;
+- views: :class:`MultiViewTransform` (per image, any Dataset), :class:`FastAugment` (whole uint8
+  or float batches, CPU or GPU), :class:`AugmentSpec`, :class:`ViewsDataset`, :func:`cutmix`
+  with :class:`Mix`;
 - the trainer: :func:`make_config`, :class:`Trainer`; export: :func:`export_backbone`.
 """
 
