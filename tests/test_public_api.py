@@ -126,6 +126,9 @@ def test_config_trainer_and_export(tiny_folder, tmp_path):
     assert isinstance(cfg, Config) and cfg.hparams["tau"] == 0.3
     with pytest.raises(UserError, match="no_such_key"):
         make_config(no_such_key=1)
+    with pytest.raises(UserError, match="base_lr") as e:
+        make_config(base_lr="abc")
+    assert "\n" not in str(e.value)  # one line, without OmegaConf's full_key/object_type lines
     trainer = Trainer(cfg, show_progress=False)
     trainer.fit()
     info = export_backbone(tmp_path / "run" / "last.ckpt", tmp_path / "backbone.pt")

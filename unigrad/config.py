@@ -231,7 +231,8 @@ def build_config(*layers: dict[str, Any]) -> Config:
         merged = OmegaConf.merge(base, *[OmegaConf.create(layer) for layer in layers])
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or ""
-        raise UserError(f"invalid value for config key {key!r}: {e.msg}") from None
+        msg = str(e.msg).splitlines()[0]  # OmegaConf appends full_key/object_type lines
+        raise UserError(f"invalid value for config key {key!r}: {msg}") from None
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(cfg)
     if cfg.warmup_epochs is None:  # resolved here, so config.yaml records the value used

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unigrad.cli import command
-from unigrad.config import Config, build_config, load_yaml, parse_set
+from unigrad.config import Config, build_config, load_yaml, parse_set, preset_names
 
 #: CLI flag -> config key, for flags that map one to one.
 FLAGS = {
@@ -55,7 +55,7 @@ def _pretrain(p: argparse.ArgumentParser) -> None:
         "--config",
         action="append",
         metavar="NAME|FILE",
-        help="YAML preset (cifar-quick, paper-100ep, paper-800ep) or file; repeatable",
+        help=f"YAML preset ({', '.join(preset_names())}) or file; repeatable, later ones win",
     )
     p.add_argument(
         "--method", help="moco, simclr, byol, simsiam, directpred, barlow_twins, vicreg, unigrad"
