@@ -296,8 +296,9 @@ class GivenLoaderData(TrainData):
     (``cfg.batch_size`` / world size; sharding over ranks is the loader's job). An epoch is
     ``len(loader)`` steps (use ``drop_last=True``). On a resume mid-epoch the loader's first
     batches of that epoch are drawn and dropped, so it continues exactly only when the loader's
-    order is a function of the epoch (a sampler with ``set_epoch`` is called with it). No
-    evaluation is run.
+    order is a function of the epoch (a sampler with ``set_epoch`` is called with it). The
+    first batch is drawn once at construction, to check it (and read ``image_size`` when unset).
+    No evaluation is run.
     """
 
     def __init__(self, cfg: Config, device: torch.device, loader: DataLoader) -> None:
@@ -313,8 +314,8 @@ class GivenLoaderData(TrainData):
         if self.steps_per_epoch < 1:
             raise UserError("the DataLoader yields no batches; give it at least one batch")
         self._probe: list[torch.Tensor] | None = None
+        first = self._check(next(iter(loader)))[0]  # refuse a wrong loader before training
         if cfg.image_size is None:
-            first = self._check(next(iter(loader)))[0]
             _note_image_size(cfg, int(first.shape[-1]), "the first batch's views")
 
     def _views(self, batch: Any) -> list[torch.Tensor]:

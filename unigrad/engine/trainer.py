@@ -92,7 +92,12 @@ class Trainer:
             raise
 
     def _setup(
-        self, cfg: Config, resume: bool, show_progress: bool, net: tuple, user_data: tuple
+        self,
+        cfg: Config,
+        resume: bool,
+        show_progress: bool,
+        own_net: tuple[nn.Module | None, int | None],  # (backbone, feat_dim)
+        own_data: tuple[Any, Any],  # (train_data, val_data)
     ) -> None:
         self.device = select_device(cfg.device)
         world = dist.world_size()
@@ -110,14 +115,14 @@ class Trainer:
         np.random.seed(cfg.seed % 2**32)
         self.show_progress = show_progress and dist.is_main()
 
-        self.data: TrainData = build_train_data(cfg, self.device, *user_data)
+        self.data: TrainData = build_train_data(cfg, self.device, *own_data)
         self.steps_per_epoch = self.data.steps_per_epoch
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
 
         self.model = build_model(
-            cfg.backbone if net[0] is None else net[0],
+            cfg.backbone if own_net[0] is None else own_net[0],
             cfg.width,
             cfg.cifar_stem,
             cfg.proj_depth,
@@ -127,7 +132,7 @@ class Trainer:
             pred_hidden=cfg.pred_hidden,
             image_size=cfg.image_size,
             norm=cfg.norm,
-            feat_dim=net[1],
+            feat_dim=own_net[1],
         )
         if cfg.sync_bn and self.distributed:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
