@@ -157,7 +157,9 @@ def timm_backbone(name: str, image_size: int) -> tuple[nn.Module, int]:
         if "img_size" not in str(e):
             raise
         net = timm.create_model(model, pretrained=False, num_classes=0)
-    except RuntimeError as e:  # timm's "Unknown model"
+    except RuntimeError as e:
+        if "Unknown model" not in str(e):
+            raise
         raise UserError(f"backbone {name!r}: {str(e).splitlines()[0]}") from None
     return net, int(net.num_features)
 
