@@ -26,7 +26,7 @@ from unigrad.core.targets import TARGETS
 from unigrad.data.recipe import AugmentSpec
 from unigrad.errors import UserError
 from unigrad.methods import METHODS, get_method
-from unigrad.models.networks import BACKBONES, VIT_PREFIX
+from unigrad.models.networks import backbone_error
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Config:
     # defaults and checks). A top-level key that names one (`--set tau=0.1`) lands here.
     hparams: dict[str, Any] = field(default_factory=dict)
     # networks
-    backbone: str = "resnet18"
+    backbone: str = "resnet18"  # resnet18/34/50/101 | timm:NAME (any timm model) | vit_*
     width: float = 1.0
     cifar_stem: bool = False
     proj_depth: int = 3
@@ -298,11 +298,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.epochs >= 1, "epochs must be >= 1")
     _check(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be >= 1")
     _check(cfg.width > 0, "width must be > 0")
-    _check(
-        cfg.backbone in BACKBONES or cfg.backbone.startswith(VIT_PREFIX),
-        f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)} "
-        f"or a timm {VIT_PREFIX}* name",
-    )
+    problem = backbone_error(cfg.backbone)  # imports timm only for timm names
+    _check(problem is None, str(problem))
     _check(1 <= cfg.proj_depth <= 5, "proj_depth must be in 1..5")
     _check(cfg.proj_dim >= 2, "proj_dim must be >= 2")
     _check(cfg.optimizer in ("sgd", "lars"), "optimizer must be sgd or lars")

@@ -1,5 +1,5 @@
 """Evaluation commands: ``knn``, ``linear``, ``semisup`` (of a checkpoint), ``report`` (of runs)
-and ``export`` (the backbone as a plain state_dict)."""
+and ``export`` (the backbone as a state_dict and as safetensors + JSON)."""
 
 from __future__ import annotations
 
@@ -299,42 +299,61 @@ def _report(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("export", "write the online backbone's state_dict (torchvision-loadable when possible)")
+@command(
+    "export",
+    "write the online backbone as a state_dict (.pth) and as .safetensors + .json (portable)",
+)
 def _export(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.description = """\
-Write the online backbone of CKPT as a plain state_dict (atomically).
+Write the online backbone of CKPT (atomically) in two formats, side by side:
 
-For resnet18 / resnet50 at width 1 without the CIFAR stem it loads strictly into torchvision:
+  OUT.pth           a plain state_dict
+  OUT.safetensors   the same tensors; the backbone's description (architecture, width,
+                    cifar_stem, norm, feat_dim, image_size, mean/std, method, data, unigrad
+                    version) as JSON in its metadata
+  OUT.json          that description, for reading
+
+Load the safetensors file back into a ready module (eval mode) with
+
+    from unigrad.eval.export import load_exported_backbone
+    net = load_exported_backbone("OUT.safetensors")   # your own module: model=YourNet()
+
+For resnet18/34/50/101 at width 1 without the CIFAR stem the .pth loads strictly into torchvision:
 
     m = torchvision.models.resnet18()
     m.fc = torch.nn.Identity()
-    m.load_state_dict(torch.load("backbone.pth", weights_only=True), strict=True)
-
-Other configurations (width != 1, CIFAR stem, ViT) are not torchvision-compatible: load the file
-into unigrad.models.networks.build_model(backbone, width=..., cifar_stem=...).encoder.backbone;
-the command prints the exact call."""
+    m.load_state_dict(torch.load("backbone.pth", weights_only=True), strict=True)"""
     p.add_argument("ckpt", help="pretraining checkpoint written by `unigrad pretrain`")
-    p.add_argument("--out", help="output .pth (default: CKPT with suffix .backbone.pth)")
+    p.add_argument(
+        "--out",
+        help="output .pth (default: CKPT with suffix .backbone.pth); the .safetensors and "
+        ".json go beside it",
+    )
 
     def run(a: argparse.Namespace) -> int:
-        from unigrad.eval.export import export_backbone
+        from unigrad.eval.export import export_backbone, export_safetensors
+        from unigrad.models.networks import CUSTOM
 
-        out = a.out or str(Path(a.ckpt).with_suffix(".backbone.pth"))
+        out = Path(a.out or Path(a.ckpt).with_suffix(".backbone.pth"))
         info = export_backbone(a.ckpt, out)
+        port = export_safetensors(a.ckpt, out.with_suffix(".safetensors"))
         print(f"wrote {info.path} ({info.n_tensors} tensors)")
+        print(
+            f"wrote {port.path} and {port.path.with_suffix('.json')}: load with "
+            f"unigrad.eval.export.load_exported_backbone({str(port.path)!r}"
+            + (", model=YourNet())" if info.config["backbone"] == CUSTOM else ")")
+        )
         c = info.config
         if info.torchvision_model:
             print(
-                f"loads with strict=True into torchvision.models.{info.torchvision_model}() "
-                "with fc = torch.nn.Identity()"
+                f"{info.path.name} loads with strict=True into "
+                f"torchvision.models.{info.torchvision_model}() with fc = torch.nn.Identity()"
             )
         else:
             print(
-                f"not torchvision-compatible (backbone={c['backbone']} width={c['width']} "
-                f"cifar_stem={c['cifar_stem']}): load it into unigrad.models.networks.build_model("
-                f"{c['backbone']!r}, width={c['width']}, cifar_stem={c['cifar_stem']})"
-                ".encoder.backbone"
+                f"{info.path.name} is not torchvision-compatible (backbone={c['backbone']} "
+                f"width={c['width']} cifar_stem={c['cifar_stem']})"
             )
         return 0
 

@@ -76,14 +76,18 @@ def _pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int, help="global batch size")
-    p.add_argument("--backbone", help="resnet18, resnet50 or a timm vit_* name")
+    p.add_argument(
+        "--backbone",
+        help="resnet18, resnet34, resnet50, resnet101, or timm:NAME for any timm model "
+        "(pip install 'unigrad[timm]')",
+    )
     p.add_argument(
         "--cifar-stem",
         dest="cifar_stem",
         action="store_true",
-        help="3x3 stride-1 first conv, no max-pool (32 px images)",
+        help="3x3 stride-1 first conv, no max-pool (32 px images; ResNets only)",
     )
-    p.add_argument("--width", type=float, help="backbone channel multiplier")
+    p.add_argument("--width", type=float, help="backbone channel multiplier (ResNets only)")
     p.add_argument("--multi-crop", dest="multi_crop", metavar="GxS,LxS", help="e.g. 2x32,6x16")
     p.add_argument("--cutmix", action="store_true", help="CutMix on the online views (unigrad)")
     p.add_argument("--seed", type=int)

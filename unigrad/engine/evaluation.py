@@ -10,11 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from unigrad.models.networks import build_model
+from unigrad.models.networks import CUSTOM, build_model
 
 
-def random_init_backbone(cfg: Any, device: torch.device) -> nn.Module:
-    """The backbone as initialised with ``cfg.seed`` (the global RNG is left untouched)."""
+def random_init_backbone(cfg: Any, device: torch.device) -> nn.Module | None:
+    """The backbone as initialised with ``cfg.seed`` (the global RNG is left untouched);
+    None, with a note, for a custom module (the config cannot rebuild it)."""
+    if cfg.backbone == CUSTOM:
+        print("note: knn_baseline skipped: a custom backbone cannot be rebuilt", file=sys.stderr)
+        return None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_model(

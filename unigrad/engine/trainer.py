@@ -10,6 +10,7 @@ linear evaluation and the random-init baseline in :mod:`unigrad.engine.evaluatio
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import signal
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from unigrad.config import Config, default_warmup, save_config, to_dict
@@ -38,7 +40,7 @@ from unigrad.engine.resume import all_finite, find_resume_state, good_checkpoint
 from unigrad.engine.runlog import RunLog
 from unigrad.errors import UserError
 from unigrad.methods import get_method
-from unigrad.models.networks import build_model
+from unigrad.models.networks import CUSTOM, build_model
 
 
 class Interrupted(Exception):
@@ -50,9 +52,33 @@ class Interrupted(Exception):
 
 
 class Trainer:
-    """Builds everything from a :class:`~unigrad.config.Config` and runs :meth:`fit`."""
+    """Builds everything from a :class:`~unigrad.config.Config` and runs :meth:`fit`.
 
-    def __init__(self, cfg: Config, resume: bool = False, show_progress: bool = True) -> None:
+    Your own parts, in place of the config's (keyword-only):
+        backbone: a module [B, 3, H, W] -> [B, feat_dim], trained in place (``cfg.backbone``
+            becomes ``custom``; ``width``/``cifar_stem`` do not apply). Its weights are in the
+            checkpoints; to resume, pass a module of the same architecture again.
+        feat_dim: the backbone's output width (optional when it has ``num_features``).
+        train_data: in place of ``cfg.data`` / ``cfg.dataset``: a Dataset of images (items
+            ``img`` or ``(img, label)``; PIL or [3, H, W] uint8/float), augmented by unigrad,
+            or a DataLoader of ready views (see :class:`~unigrad.data.pipeline.GivenLoaderData`).
+        val_data: a labelled Dataset for the kNN / linear evaluation (train_data then needs
+            labels too); without it no evaluation is run.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        resume: bool = False,
+        show_progress: bool = True,
+        *,
+        backbone: nn.Module | None = None,
+        feat_dim: int | None = None,
+        train_data: Dataset | DataLoader | None = None,
+        val_data: Dataset | None = None,
+    ) -> None:
+        if backbone is not None:
+            cfg = dataclasses.replace(cfg, backbone=CUSTOM)
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.spec = get_method(cfg.method)
@@ -60,12 +86,19 @@ class Trainer:
         # one process per run directory, taken before any work (released if __init__ fails)
         self._lock = lock_run_dir(self.out) if dist.is_main() else None
         try:
-            self._setup(cfg, resume, show_progress)
+            self._setup(cfg, resume, show_progress, (backbone, feat_dim), (train_data, val_data))
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, cfg: Config, resume: bool, show_progress: bool) -> None:
+    def _setup(
+        self,
+        cfg: Config,
+        resume: bool,
+        show_progress: bool,
+        own_net: tuple[nn.Module | None, int | None],  # (backbone, feat_dim)
+        own_data: tuple[Any, Any],  # (train_data, val_data)
+    ) -> None:
         self.device = select_device(cfg.device)
         world = dist.world_size()
         if cfg.batch_size % world:
@@ -82,14 +115,14 @@ class Trainer:
         np.random.seed(cfg.seed % 2**32)
         self.show_progress = show_progress and dist.is_main()
 
-        self.data: TrainData = build_train_data(cfg, self.device)
+        self.data: TrainData = build_train_data(cfg, self.device, *own_data)
         self.steps_per_epoch = self.data.steps_per_epoch
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
 
         self.model = build_model(
-            cfg.backbone,
+            cfg.backbone if own_net[0] is None else own_net[0],
             cfg.width,
             cfg.cifar_stem,
             cfg.proj_depth,
@@ -99,6 +132,7 @@ class Trainer:
             pred_hidden=cfg.pred_hidden,
             image_size=cfg.image_size,
             norm=cfg.norm,
+            feat_dim=own_net[1],
         )
         if cfg.sync_bn and self.distributed:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -392,7 +426,8 @@ class Trainer:
         out = scores(self.data, self.model.encoder.backbone, self.cfg, linear)
         if final and self.cfg.knn_baseline and out:
             init = random_init_backbone(self.cfg, self.device)
-            out.update(scores(self.data, init, self.cfg, linear, "init_"))
+            if init is not None:  # None: a custom module, which the config cannot rebuild
+                out.update(scores(self.data, init, self.cfg, linear, "init_"))
         self.log.log(self.step, self.step / self.steps_per_epoch, out)
         if out:
             epoch = self.step / self.steps_per_epoch

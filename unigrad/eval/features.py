@@ -21,7 +21,7 @@ from tqdm import tqdm
 from unigrad.config import Config, to_dict
 from unigrad.engine.checkpoint import load_checkpoint
 from unigrad.errors import UserError
-from unigrad.models.networks import build_model
+from unigrad.models.networks import CUSTOM, build_model
 
 
 def progress_bar(it: Iterable, desc: str, enabled: bool | None = None, **kw: Any) -> tqdm:
@@ -71,16 +71,35 @@ def load_backbone(
         (backbone mapping [B, 3, H, W] -> [B, D], config dict with Config defaults filled in).
 
     Raises:
-        UserError: missing/corrupt file, not a pretraining checkpoint, or weights that differ
-            from the architecture (the message names the file and the differing keys).
+        UserError: missing/corrupt file, not a pretraining checkpoint, a custom backbone module
+            (the config cannot rebuild it), or weights that differ from the architecture (the
+            message names the file and the differing keys).
     """
-    ckpt = load_checkpoint(ckpt_path)
+    backbone, cfg = backbone_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path)
+    return backbone.to(device), cfg
+
+
+def checkpoint_config(ckpt: dict[str, Any], ckpt_path: str | Path) -> dict[str, Any]:
+    """The config of a loaded pretraining checkpoint with Config defaults filled in."""
     if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("model"), dict):
         raise UserError(
             f"{ckpt_path} has no 'config' and 'model' entries (it has: {', '.join(ckpt)}); "
             "pass a checkpoint written by `unigrad pretrain`"
         )
-    cfg = {**to_dict(Config()), **ckpt["config"]}
+    return {**to_dict(Config()), **ckpt["config"]}
+
+
+def backbone_from_checkpoint(
+    ckpt: dict[str, Any], ckpt_path: str | Path
+) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_backbone` for a checkpoint already loaded (on the CPU)."""
+    cfg = checkpoint_config(ckpt, ckpt_path)
+    if cfg["backbone"] == CUSTOM:
+        raise UserError(
+            f"{ckpt_path} was trained with your own backbone module, which its config cannot "
+            "rebuild; export it (`unigrad export`) and load it in Python with "
+            "unigrad.eval.export.load_exported_backbone(path, model=YourNet())"
+        )
     state = ckpt["model"]
     try:
         model = build_model(
@@ -104,7 +123,7 @@ def load_backbone(
             f"({_describe(cfg)}): {diff}. The file was edited or written by another version"
         )
     model.load_state_dict(state, strict=True)
-    return model.encoder.backbone.to(device).eval(), cfg
+    return model.encoder.backbone.eval(), cfg
 
 
 @torch.no_grad()

@@ -1,20 +1,83 @@
-"""Networks: torchvision ResNet backbones (optionally timm ViT), projector and predictor MLPs.
+"""Networks: backbones (torchvision ResNets, any timm model, or your own module), projector
+and predictor MLPs.
 
 The online encoder is backbone + projector (u = f(x)); a learned predictor follows it for
-BYOL/SimSiam. Backbones keep torchvision's module names, so at width 1 without the CIFAR stem the
-backbone's state_dict is torchvision's minus ``fc`` (see ``unigrad export``).
+BYOL/SimSiam. ResNet backbones keep torchvision's module names, so at width 1 without the CIFAR
+stem the backbone's state_dict is torchvision's minus ``fc`` (see ``unigrad export``).
+
+Backbone names (``Config.backbone``, ``--backbone``): ``resnet18``, ``resnet34``, ``resnet50``,
+``resnet101`` (torchvision; ``width``, ``cifar_stem`` and ``norm`` apply), ``timm:NAME`` for any
+timm model (created with ``num_classes=0`` so it returns pooled features; ``img_size`` is passed
+to the models that take it, e.g. ViTs), and the older spelling ``vit_*`` for ``timm:vit_*``.
+timm is an optional dependency, imported only for those names. ``custom`` is what a run records
+for a module passed from Python (``build_model(module, feat_dim=D)``).
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 from torch import nn
 from torchvision.models import resnet
 
-BACKBONES = ("resnet18", "resnet50")
-VIT_PREFIX = "vit_"
+from unigrad.errors import UserError
+
+#: torchvision ResNets by name: (block, blocks per stage).
+RESNETS: dict[str, tuple[type[nn.Module], list[int]]] = {
+    "resnet18": (resnet.BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (resnet.BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (resnet.Bottleneck, [3, 4, 6, 3]),
+    "resnet101": (resnet.Bottleneck, [3, 4, 23, 3]),
+}
+BACKBONES = tuple(RESNETS)
+TIMM_PREFIX = "timm:"
+VIT_PREFIX = "vit_"  # the older spelling of timm:vit_*
+#: The backbone name a run records for a module passed from Python.
+CUSTOM = "custom"
+TIMM_HINT = "pip install 'unigrad[timm]'"
+
+
+def import_timm() -> ModuleType:
+    """timm, imported on first use; a one-line :class:`UserError` with the install hint if
+    it is missing."""
+    try:
+        import timm
+    except ImportError:
+        raise UserError(f"timm backbones need the optional dependency timm: {TIMM_HINT}") from None
+    return timm
+
+
+def is_timm(name: str) -> bool:
+    """Whether ``name`` names a timm model (``timm:NAME`` or the older ``vit_*``)."""
+    return name.startswith((TIMM_PREFIX, VIT_PREFIX))
+
+
+def backbone_error(name: str) -> str | None:
+    """None when ``name`` is a backbone :func:`make_backbone` builds, else a one-line message
+    naming the problem and the valid names (imports timm for timm names)."""
+    if name in RESNETS:
+        return None
+    valid = f"{', '.join(RESNETS)}, or timm:NAME for any timm model ({TIMM_HINT})"
+    if not is_timm(name):
+        if name == CUSTOM:
+            return (
+                f"backbone {CUSTOM!r} is a module passed from Python "
+                f"(Trainer(cfg, backbone=module, feat_dim=D)); by name choose one of {valid}"
+            )
+        return f"unknown backbone {name!r}; choose one of {valid}"
+    timm = import_timm()
+    model = name.removeprefix(TIMM_PREFIX)
+    if timm.is_model(model):
+        return None
+    close = difflib.get_close_matches(model, timm.list_models(), n=3)
+    hint = f" (did you mean {', '.join(TIMM_PREFIX + c for c in close)}?)" if close else ""
+    return (
+        f"unknown timm model {model!r} in backbone {name!r}{hint}; timm.list_models() lists "
+        f"the names, or choose one of {', '.join(RESNETS)}"
+    )
 
 
 def resnet_backbone(
@@ -23,7 +86,7 @@ def resnet_backbone(
     """A torchvision ResNet without its classifier (``fc`` = Identity).
 
     Args:
-        name: ``resnet18`` or ``resnet50``.
+        name: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
         width: channel multiplier for every stage (0.25 -> 16-32-64-128 for ResNet-18).
         cifar_stem: 3x3 stride-1 first convolution and no max-pool, for 32 px images.
         norm: ``bn`` (BatchNorm), ``gn`` (GroupNorm; per-sample, so DDP needs no SyncBN and
@@ -32,15 +95,11 @@ def resnet_backbone(
     Returns:
         (module mapping [B, 3, H, W] -> [B, D], feature dim D).
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if name not in RESNETS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width}")
-    block, layers = (
-        (resnet.BasicBlock, [2, 2, 2, 2])
-        if name == "resnet18"
-        else (resnet.Bottleneck, [3, 4, 6, 3])
-    )
+    block, layers = RESNETS[name]
     net = resnet.ResNet(block, layers, norm_layer=norm_layer(norm, 2))
     planes = [max(round(p * width), 1) for p in (64, 128, 256, 512)]
     if width != 1.0:  # rebuild the stages at the new width with torchvision's own builder
@@ -80,12 +139,46 @@ def norm_layer(kind: str, dims: int) -> Callable[[int], nn.Module]:
     raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
 
 
-def vit_backbone(name: str, image_size: int) -> tuple[nn.Module, int]:
-    """A timm ViT (``vit_tiny_patch16_224``, ``vit_small_patch16_224``, ...) without head."""
-    import timm
+def timm_backbone(name: str, image_size: int) -> tuple[nn.Module, int]:
+    """A timm model without classifier (``num_classes=0``: pooled features).
 
-    net = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size)
+    Args:
+        name: ``timm:NAME`` or a bare timm name (``vit_small_patch16_224``, ``resnet18``).
+        image_size: passed as ``img_size`` to the models that take it (ViTs and the like).
+
+    Returns:
+        (module mapping [B, 3, H, W] -> [B, D], D = the model's ``num_features``).
+    """
+    timm = import_timm()
+    model = name.removeprefix(TIMM_PREFIX)
+    try:
+        net = timm.create_model(model, pretrained=False, num_classes=0, img_size=image_size)
+    except TypeError as e:  # the model has no img_size (convolutional nets: any size works)
+        if "img_size" not in str(e):
+            raise
+        net = timm.create_model(model, pretrained=False, num_classes=0)
+    except RuntimeError as e:
+        if "Unknown model" not in str(e):
+            raise
+        raise UserError(f"backbone {name!r}: {str(e).splitlines()[0]}") from None
     return net, int(net.num_features)
+
+
+def make_backbone(
+    name: str,
+    width: float = 1.0,
+    cifar_stem: bool = False,
+    norm: str = "bn",
+    image_size: int = 224,
+) -> tuple[nn.Module, int]:
+    """A backbone by name (see the module docstring): (module [B, 3, H, W] -> [B, D], D).
+
+    ``width``, ``cifar_stem`` and ``norm`` apply to the torchvision ResNets, ``image_size`` to
+    timm models that take an ``img_size``.
+    """
+    if is_timm(name):
+        return timm_backbone(name, image_size)
+    return resnet_backbone(name, width, cifar_stem, norm)
 
 
 def mlp(
@@ -142,7 +235,7 @@ class SiameseModel(nn.Module):
 
 
 def build_model(
-    backbone: str = "resnet18",
+    backbone: str | nn.Module = "resnet18",
     width: float = 1.0,
     cifar_stem: bool = False,
     proj_depth: int = 3,
@@ -152,12 +245,26 @@ def build_model(
     pred_hidden: int | None = None,
     image_size: int = 224,
     norm: str = "bn",
+    feat_dim: int | None = None,
 ) -> SiameseModel:
-    """Backbone + projector (+ predictor MLP with a C/4 bottleneck by default, as SimSiam)."""
-    if backbone.startswith(VIT_PREFIX):
-        net, feat = vit_backbone(backbone, image_size)
+    """Backbone + projector (+ predictor MLP with a C/4 bottleneck by default, as SimSiam).
+
+    Args:
+        backbone: a name (:func:`make_backbone`) or your own module mapping [B, 3, H, W] ->
+            [B, feat_dim] (used as is, not copied; ``width``/``cifar_stem`` do not apply).
+        feat_dim: the module's output width D; needed with a module that has no integer
+            ``num_features`` attribute (timm models have one), ignored with a name.
+        norm: normalisation of the named ResNets and of the MLPs.
+    """
+    if isinstance(backbone, nn.Module):
+        net, feat = backbone, feat_dim or getattr(backbone, "num_features", None)
+        if not isinstance(feat, int) or feat < 1:
+            raise UserError(
+                f"build_model needs the width of your backbone's features: pass feat_dim=D "
+                f"(its output is [B, D]; got feat_dim={feat_dim!r})"
+            )
     else:
-        net, feat = resnet_backbone(backbone, width, cifar_stem, norm)
+        net, feat = make_backbone(backbone, width, cifar_stem, norm, image_size)
     projector = mlp(feat, proj_hidden or proj_dim, proj_dim, proj_depth, norm=norm)
     pred = None
     if predictor:
