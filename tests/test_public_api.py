@@ -22,7 +22,10 @@ from unigrad import (
     cosine_momentum,
     cutmix,
     export_backbone,
+    export_safetensors,
     get_method,
+    load_exported_backbone,
+    make_backbone,
     make_config,
     mlp,
     register,
@@ -87,6 +90,12 @@ def test_networks():
     assert head(torch.randn(4, 32)).shape == (4, 16)
     net, feat = resnet_backbone("resnet18", 0.125, cifar_stem=True)
     assert net(torch.randn(2, 3, 16, 16)).shape == (2, feat)
+    net34, feat34 = make_backbone("resnet34", 0.125, cifar_stem=True)
+    assert feat34 == feat and net34(torch.randn(2, 3, 16, 16)).shape == (2, feat)
+    own = build_model(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(768, 24)), feat_dim=24
+    )
+    assert own([torch.randn(2, 3, 16, 16)])[0][0].shape == (2, 2048)
     model = build_model("resnet18", 0.125, True, proj_depth=2, proj_dim=16, predictor=True)
     z, p = model([torch.randn(2, 3, 16, 16)] * 2)
     assert z[0].shape == p[0].shape == (2, 16)
@@ -133,3 +142,9 @@ def test_config_trainer_and_export(tiny_folder, tmp_path):
     trainer.fit()
     info = export_backbone(tmp_path / "run" / "last.ckpt", tmp_path / "backbone.pt")
     assert info.path.exists()
+    export_safetensors(tmp_path / "run" / "last.ckpt", tmp_path / "backbone")
+    net = load_exported_backbone(tmp_path / "backbone.safetensors")
+    ref = trainer.model.encoder.backbone.eval()
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in net.state_dict().items())
+    x = torch.randn(2, 3, 16, 16)  # the trainer's copy runs channels_last: equal up to round-off
+    torch.testing.assert_close(net(x), ref(x), rtol=1e-4, atol=1e-5)

@@ -7,11 +7,15 @@ The public API, for one's own training loop (README: "Use unigrad in your own tr
   :func:`register` (add a method);
 - target branch: :class:`TargetBranch` (shared, stop-gradient, momentum, snapshot) with its EMA
   update, :func:`cosine_momentum`;
-- networks: :func:`mlp` (projector / predictor heads), :func:`build_model`, :func:`resnet_backbone`;
+- networks: :func:`mlp` (projector / predictor heads), :func:`make_backbone` (a backbone by name:
+  torchvision ResNets, ``timm:NAME``), :func:`build_model` (also from one's own module),
+  :func:`resnet_backbone`;
 - views: :class:`MultiViewTransform` (per image, any Dataset), :class:`FastAugment` (whole uint8
   or float batches, CPU or GPU), :class:`AugmentSpec`, :class:`ViewsDataset`, :func:`cutmix`
   with :class:`Mix`;
-- the trainer: :func:`make_config`, :class:`Trainer`; export: :func:`export_backbone`.
+- the trainer: :func:`make_config`, :class:`Trainer` (a config; optionally one's own backbone
+  module, Dataset or DataLoader); export: :func:`export_backbone` (torchvision state_dict),
+  :func:`export_safetensors` and :func:`load_exported_backbone` (safetensors + JSON description).
 """
 
 from unigrad.config import Config, make_config
@@ -26,9 +30,9 @@ from unigrad.data.augment import (
 )
 from unigrad.engine.trainer import Trainer
 from unigrad.errors import UserError
-from unigrad.eval.export import export_backbone
+from unigrad.eval.export import export_backbone, export_safetensors, load_exported_backbone
 from unigrad.methods import METHODS, get_method, register
-from unigrad.models.networks import build_model, mlp, resnet_backbone
+from unigrad.models.networks import build_model, make_backbone, mlp, resnet_backbone
 
 __all__ = [
     "METHODS",
@@ -47,7 +51,10 @@ __all__ = [
     "cosine_momentum",
     "cutmix",
     "export_backbone",
+    "export_safetensors",
     "get_method",
+    "load_exported_backbone",
+    "make_backbone",
     "make_config",
     "mlp",
     "register",

@@ -137,6 +137,9 @@ def resolve_amp(cfg: Any, model: torch.nn.Module, device: torch.device, batch: i
     key = f"{host_label(device)} | torch {torch.__version__} | batch {batch} | " + ", ".join(
         f"{k}={getattr(cfg, k, None)}" for k in net
     )
+    if cfg.backbone == "custom":  # one's own module: its class and size tell networks apart
+        n = sum(p.numel() for p in model.parameters())
+        key += f" | {type(model.encoder.backbone).__qualname__} with {n} parameters"
     path = amp_cache_path()
     try:
         cache = json.loads(path.read_text())

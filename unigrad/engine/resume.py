@@ -127,8 +127,8 @@ def find_resume_state(out: Path, cfg: Any) -> tuple[Path, dict[str, Any]] | None
         if old.get(k) != getattr(cfg, k)
     ]
     if diff:
-        raise UserError(
-            f"{path} was written by a different run ({'; '.join(diff)}); resume "
-            "with the same settings or start a new --out"
-        )
+        hint = "resume with the same settings or start a new --out"
+        if old.get("backbone") == "custom" and cfg.backbone != "custom":
+            hint = "it trained your own backbone module: pass it again, Trainer(cfg, backbone=...)"
+        raise UserError(f"{path} was written by a different run ({'; '.join(diff)}); {hint}")
     return path, state

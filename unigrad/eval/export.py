@@ -170,14 +170,16 @@ def describe(
 
 
 def export_safetensors(ckpt_path: str | Path, out: str | Path) -> ExportInfo:
-    """Write the online backbone of ``ckpt_path`` to ``out`` (``.safetensors``, its
-    description in the metadata) and the description to ``out`` with suffix ``.json``
+    """Write the online backbone of ``ckpt_path`` to ``out`` (``.safetensors`` appended when
+    missing; its description in the metadata) and the description to ``out`` with suffix ``.json``
     (both atomically). :func:`load_exported_backbone` reads it back."""
     from safetensors.torch import save
 
     state, cfg, ckpt = backbone_weights(ckpt_path)
     desc = describe(state, cfg, ckpt)
     out = Path(out)
+    if out.suffix != ".safetensors":  # "backbone" -> backbone.safetensors + backbone.json
+        out = out.with_name(out.name + ".safetensors")
     blob = save(state, metadata={"format": "pt", METADATA_KEY: json.dumps(desc)})
     _atomic_write(out, lambda f: f.write(blob))
     text = json.dumps(desc, indent=2) + "\n"

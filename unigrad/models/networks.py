@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
-from unigrad.errors import UserError
+from unigrad.errors import UserError, optional
 
 #: torchvision ResNets by name: (block, blocks per stage).
 RESNETS: dict[str, tuple[type[nn.Module], list[int]]] = {
@@ -43,11 +43,7 @@ TIMM_HINT = "pip install 'unigrad[timm]'"
 def import_timm() -> ModuleType:
     """timm, imported on first use; a one-line :class:`UserError` with the install hint if
     it is missing."""
-    try:
-        import timm
-    except ImportError:
-        raise UserError(f"timm backbones need the optional dependency timm: {TIMM_HINT}") from None
-    return timm
+    return optional("timm", "timm", "a timm backbone")
 
 
 def is_timm(name: str) -> bool:
