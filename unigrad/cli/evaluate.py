@@ -341,7 +341,7 @@ For resnet18/34/50/101 at width 1 without the CIFAR stem the .pth loads strictly
         print(f"wrote {info.path} ({info.n_tensors} tensors)")
         print(
             f"wrote {port.path} and {port.path.with_suffix('.json')}: load with "
-            f"unigrad.eval.export.load_exported_backbone({str(port.path)!r}"
+            f"unigrad.load_exported_backbone({str(port.path)!r}"
             + (", model=YourNet())" if info.config["backbone"] == CUSTOM else ")")
         )
         c = info.config

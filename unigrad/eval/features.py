@@ -98,7 +98,7 @@ def backbone_from_checkpoint(
         raise UserError(
             f"{ckpt_path} was trained with your own backbone module, which its config cannot "
             "rebuild; export it (`unigrad export`) and load it in Python with "
-            "unigrad.eval.export.load_exported_backbone(path, model=YourNet())"
+            "unigrad.load_exported_backbone(path, model=YourNet())"
         )
     state = ckpt["model"]
     try:
