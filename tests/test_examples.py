@@ -17,38 +17,35 @@ def test_one_example_per_family_each_short():
         assert len(p.read_text().splitlines()) < 60, p.name
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
-def test_example_trains_two_steps(script, tiny_folder, tmp_path):
-    cmd = [sys.executable, str(script), "--data", str(tiny_folder / "train"), "--steps", "2"]
-    cmd += ["--batch-size", "4", "--workers", "0"]
+def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` in ``cwd`` with only this checkout importable; assert it exits 0."""
     p = subprocess.run(
-        cmd,
-        cwd=tmp_path,
+        [sys.executable, *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
         env={"PYTHONPATH": str(ROOT)},
     )
     assert p.returncode == 0, p.stderr[-2000:]
+    return p
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
+def test_example_trains_two_steps(script, tiny_folder, tmp_path):
+    args = [str(script), "--data", str(tiny_folder / "train"), "--steps", "2"]
+    p = _python([*args, "--batch-size", "4", "--workers", "0"], tmp_path)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("step ")]
     assert [ln.split(":")[0] for ln in lines] == ["step 1", "step 2"], p.stdout
     assert "nan" not in p.stdout
 
 
 def test_the_readme_loop_runs(tiny_folder, tmp_path):
-    """The README's UniGrad loop, as printed, on a tiny folder (batch 4 instead of 256)."""
+    """The README's UniGrad loop, as printed, on a tiny folder (batch 16 instead of 256)."""
     text = (ROOT / "README.md").read_text()
     start = text.index("## Use unigrad in your own training loop")
     code = text[text.index("```python", start) + len("```python") : text.index("```\n", start)]
     code = code.replace('"DIR/train"', repr(str(tiny_folder / "train")))
     code = code.replace("batch_size=256", "batch_size=16")
-    p = subprocess.run(
-        [sys.executable, "-c", code + "\nprint('done', step, objective.stats['pos_sim'].item())"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"PYTHONPATH": str(ROOT)},
-    )
-    assert p.returncode == 0, p.stderr[-2000:]
+    p = _python(["-c", code + "\nprint('done', step, objective.stats['pos_sim'].item())"], tmp_path)
     assert p.stdout.startswith("done 2 ")  # 48 images, batch 16: steps 0, 1, 2

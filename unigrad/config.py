@@ -62,22 +62,22 @@ class Config:
     pipeline: str = "auto"  # fast | standard | auto (fast when the data fits in memory)
     workers: int = 2
     bad_images: str = "skip"  # skip (warn, count) | fail
-    # augmentation (BYOL/SimSiam recipe)
+    # augmentation (BYOL/SimSiam recipe; defaults and checks in data/recipe.py AugmentSpec)
     image_size: int | None = None  # None: from the data (its image side, 224 for large ones)
-    crop_scale_min: float = 0.2
-    crop_scale_max: float = 1.0
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
+    crop_scale_min: float = AugmentSpec.crop_scale_min
+    crop_scale_max: float = AugmentSpec.crop_scale_max
+    brightness: float = AugmentSpec.brightness
+    contrast: float = AugmentSpec.contrast
+    saturation: float = AugmentSpec.saturation
+    hue: float = AugmentSpec.hue
     # op probabilities: one number (every view) or a list, one per global view (AugmentSpec)
-    jitter_p: Any = 0.8
-    gray_p: Any = 0.2
-    blur_p: Any = 0.5  # BYOL's two views: [1.0, 0.1] (preset byol-augment)
-    solarize_p: Any = 0.0  # BYOL's two views: [0.0, 0.2]
-    multi_crop: str = ""  # e.g. "2x32,6x16": global x size, local x size
-    local_scale_min: float = 0.05
-    local_scale_max: float = 0.4
+    jitter_p: Any = AugmentSpec.jitter_p
+    gray_p: Any = AugmentSpec.gray_p
+    blur_p: Any = AugmentSpec.blur_p  # BYOL's two views: [1.0, 0.1] (preset byol-augment)
+    solarize_p: Any = AugmentSpec.solarize_p  # BYOL's two views: [0.0, 0.2]
+    multi_crop: str = AugmentSpec.multi_crop  # e.g. "2x32,6x16": global x size, local x size
+    local_scale_min: float = AugmentSpec.local_scale_min
+    local_scale_max: float = AugmentSpec.local_scale_max
     cutmix: bool = False
     # optimisation
     epochs: int = 100
