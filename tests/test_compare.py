@@ -34,6 +34,8 @@ def test_expand_product_and_seeds():
     }
     ids = [s.run_id for s in C.expand(grid)]
     assert ids == ["x-1-s0", "x-1-s3", "x-2-s0", "x-2-s3"]
+    assert [s.rung for s in C.expand(grid)] == ["lambd=1", "lambd=1", "lambd=2", "lambd=2"]
+    assert C.expand({"runs": [{"name": "y"}]})[0].rung == ""
 
 
 def test_unknown_grid_and_keys_are_refused(tmp_path):
@@ -91,10 +93,21 @@ def test_compare_runs_skips_and_tabulates(tmp_path, tiny_folder, capsys):
     assert (out / "report" / "report.md").exists()
     # second call: everything is skipped; an unfinished run resumes from its checkpoint
     (out / "uni-s1" / "result.json").unlink()
+    # a result copied in from another grid keeps its numbers but takes this grid's name
+    copied = json.loads((out / "bt-f-s0" / "result.json").read_text())
+    (out / "bt-f-s0" / "result.json").write_text(
+        json.dumps(copied | {"run": "t2-s0", "group": "t2"})
+    )
     capsys.readouterr()
     assert main(args) == 0
     log = capsys.readouterr().out
     assert log.count("done, skipped") == 3 and "[2/4] uni-s1\n" in log
+    with open(out / "results.csv", newline="") as f:
+        again = list(csv.DictReader(f))
+    assert [r["run"] for r in again] == ["uni-s0", "uni-s1", "bt-f-s0", "bt-f-s1"]
+    assert (
+        again[2]["knn_top1"] == rows[2]["knn_top1"] and "t2" not in (out / "results.md").read_text()
+    )
 
 
 def test_compare_interrupted_exits_cleanly(tmp_path, tiny_folder, capsys, monkeypatch):
@@ -134,6 +147,19 @@ def test_spread_summary_pairs_loss_with_its_gradient_row():
     assert sum("minus" in x for x in lines) == 1
     assert lines[-1].startswith("- between groups: 10.00 (a-moco-stopgrad) to 44.00 (moco-loss)")
     assert C.spread_summary(rows[:1]) == []
+
+
+def test_between_group_spread_is_per_rung_of_the_product():
+    def row(group, rung, knn):
+        return dict(group=group, rung=rung, seed=0, knn_top1=knn, method="unigrad", form="grad")
+
+    rows = [row("a-4", "epochs=4", 40.0), row("b-4", "epochs=4", 50.0),
+            row("a-16", "epochs=16", 52.0), row("b-16", "epochs=16", 62.5)]  # fmt: skip
+    lines = C.spread_summary(rows)
+    assert lines == [
+        "- between groups (epochs=4): 40.00 (a-4) to 50.00 (b-4), range 10.00",
+        "- between groups (epochs=16): 52.00 (a-16) to 62.50 (b-16), range 10.50",
+    ]  # rungs in numeric order, never a range across budgets
 
 
 def test_random_init_lines_sort_seeds_and_name_varied_backbones():
@@ -179,3 +205,31 @@ def test_results_warn_when_a_grid_mixes_precisions():
     rows.append({**base, "run": "c-s0", "precision": "bf16"})
     assert "bf16: c-s0; fp32: a-s0" in mixed_precision_warning(rows)
     assert "mixes precisions" in results_markdown(rows)
+
+
+def test_results_say_where_the_runs_ran():
+    from unigrad.experiments.grid import host_summary
+
+    gpu = {"host": "NVIDIA H200", "precision": "fp32"}
+    assert host_summary([gpu, gpu]) == "NVIDIA H200, fp32"
+    assert host_summary([{}, {}]) == ""  # nothing recorded: nothing to say
+    assert host_summary([gpu, {}, {"host": "Xeon (AVX512)", "precision": "bf16"}]) == (
+        "NVIDIA H200, fp32: 1 run; Xeon (AVX512), bf16: 1 run; not recorded: 1 run"
+    )
+
+
+def test_budget_ladder_figure(tmp_path):
+    from unigrad.experiments.ladder import draw_ladder, ladder_axis
+
+    def row(base, epochs, knn):
+        return dict(base=base, group=f"{base}-{epochs}", rung=f"epochs={epochs}", knn_top1=knn)
+
+    rows = [row("a", 4, 40.0), row("a", 16, 52.0), row("b", 4, 47.0), row("b", 16, 57.0)]
+    rows[0]["init_knn_top1"] = 32.9
+    assert ladder_axis(rows) == "epochs"
+    assert ladder_axis(rows[::2]) is None  # one rung: not a ladder
+    assert ladder_axis([*rows, dict(rows[0], rung="epochs=4, lambd=2")]) is None
+    assert ladder_axis([dict(r, rung="target=momentum") for r in rows]) is None  # not numeric
+    png = tmp_path / "ladder.png"
+    assert draw_ladder(rows, png) and png.stat().st_size > 1000
+    assert not draw_ladder(rows[::2], tmp_path / "none.png")

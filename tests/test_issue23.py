@@ -387,3 +387,27 @@ def test_config_yaml_records_the_amp_verdict_and_loads_back(capsys, tmp_path, fo
     assert "fp32" in saved["amp_measured"]
     code, err, _ = pretrain(capsys, tmp_path, *args, "--resume", cfg={"max_steps": 3})
     assert code == 0 and "amp auto" not in err, err
+
+
+def test_amp_off_on_cuda_means_ieee_fp32(monkeypatch):
+    """PyTorch lets cuDNN use TF32 by default: a CUDA run recorded as fp32 turns it off."""
+    import torch
+
+    from unigrad.engine import device as dev
+
+    calls = []
+    monkeypatch.setattr(dev, "ieee_fp32_on_cuda", lambda: calls.append(1))
+    cfg = _amp_cfg(amp="off")
+    assert dev.resolve_amp(cfg, None, torch.device("cuda"), batch=4) is None
+    assert calls == [1] and cfg.amp_resolved == "fp32"
+    for amp, device in [("bf16", "cuda"), ("off", "cpu")]:
+        dev.resolve_amp(_amp_cfg(amp=amp), None, torch.device(device), batch=4)
+    assert calls == [1]  # reduced precision, or the CPU: nothing to turn off
+    monkeypatch.undo()
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    try:
+        dev.ieee_fp32_on_cuda()  # flags only: runs without a GPU
+        assert conv.fp32_precision == matmul.fp32_precision == "ieee"
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved

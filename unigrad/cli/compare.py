@@ -90,13 +90,21 @@ def _compare(p: argparse.ArgumentParser) -> None:
                 baselines.setdefault(key, C.init_scores(result))
             else:
                 print(f"[{i}/{len(runs)}] {spec.run_id}: done, skipped", flush=True)
-            rows.append({**baselines.get(key, {}), **result, "backbone": C.backbone_label(cfg)})
+            rows.append(
+                {**baselines.get(key, {}), **result, "run": spec.run_id, "group": spec.name}
+                | {"rung": spec.rung, "base": spec.base, "backbone": C.backbone_label(cfg)}
+            )  # the grid names its runs: a result copied in from another grid takes its name here
             C.write_results(out, rows)
         if warning := C.mixed_precision_warning(rows):
             print(f"warning: {warning}", file=sys.stderr)
+        from unigrad.experiments.ladder import draw_ladder
         from unigrad.experiments.report import write_report
 
-        write_report([c.out for _, c in runs], out / "report")
+        report = write_report([c.out for _, c in runs], out / "report")
+        if draw_ladder(rows, out / "report" / "ladder.png"):
+            with open(report, "a") as f:
+                f.write("\n### Budget ladder: kNN top-1 against the grid's rungs\n\n")
+                f.write("![Budget ladder](ladder.png)\n")
         print(f"wrote {out / 'results.md'}, {out / 'results.csv'} and {out / 'report'}")
         return 0
 

@@ -112,12 +112,24 @@ def measure_cpu_amp(
     }
 
 
+def ieee_fp32_on_cuda() -> None:
+    """Make CUDA convolutions and matmuls use IEEE fp32, so that a run recorded as fp32 is
+    one: PyTorch lets cuDNN use TF32 (10-bit mantissa) by default on Ampere and newer."""
+    for backend in (torch.backends.cudnn, torch.backends.cuda.matmul):
+        conv = getattr(backend, "conv", backend)  # cudnn.conv in torch >= 2.9
+        if hasattr(conv, "fp32_precision"):
+            conv.fp32_precision = "ieee"
+        else:
+            backend.allow_tf32 = False
+
+
 def resolve_amp(cfg: Any, model: torch.nn.Module, device: torch.device, batch: int) -> Any:
     """The autocast dtype for training; sets ``cfg.amp_resolved`` (and, when measured,
     ``cfg.amp_measured``) so config.yaml records it.
 
-    Explicit ``amp`` values are used as given; ``auto`` is fp16 on CUDA. On the CPU ``auto``
-    keeps a resumed run's ``amp_resolved``, else times fp32 against bf16 on ``model``
+    Explicit ``amp`` values are used as given (``off`` on CUDA also turns TF32 off:
+    :func:`ieee_fp32_on_cuda`); ``auto`` is fp16 on CUDA. On the CPU ``auto`` keeps a
+    resumed run's ``amp_resolved``, else times fp32 against bf16 on ``model``
     (:func:`measure_cpu_amp`, once per CPU model, torch version and network: cached in
     :func:`amp_cache_path`) and takes bf16 only when clearly faster. In a distributed run
     rank 0's verdict holds for every rank.
@@ -126,6 +138,8 @@ def resolve_amp(cfg: Any, model: torch.nn.Module, device: torch.device, batch: i
 
     if cfg.amp != "auto":
         cfg.amp_resolved = precision_name(amp_dtype(cfg.amp, device))
+        if device.type == "cuda" and cfg.amp_resolved == "fp32":
+            ieee_fp32_on_cuda()
         return amp_dtype(cfg.amp, device)
     if device.type == "cuda":
         cfg.amp_resolved = "fp16"

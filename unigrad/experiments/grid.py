@@ -23,6 +23,7 @@ import csv
 import itertools
 import json
 import math
+import re
 import statistics
 import time
 from collections.abc import Iterable
@@ -42,6 +43,8 @@ class RunSpec:
     name: str  # group name (without seed)
     seed: int
     overrides: dict[str, Any]
+    rung: str = ""  # the grid's product values, e.g. "epochs=16" ("" without a product)
+    base: str = ""  # the run's name without the product values
 
     @property
     def run_id(self) -> str:
@@ -76,10 +79,11 @@ def expand(grid: dict[str, Any]) -> list[RunSpec]:
         for combo in combos:
             overrides = {**run, **combo}
             parts = [base_name] if base_name else [str(v) for v in run.values()]
-            parts += [str(v) for v in combo.values()]
-            name = "-".join(p for p in parts if p) or "run"
+            base = "-".join(p for p in parts if p) or "run"
+            name = "-".join([base, *(str(v) for v in combo.values())])
+            rung = ", ".join(f"{k}={v}" for k, v in combo.items())
             for seed in grid.get("seeds") or [0]:
-                out.append(RunSpec(name, int(seed), {**overrides, "seed": int(seed)}))
+                out.append(RunSpec(name, int(seed), {**overrides, "seed": int(seed)}, rung, base))
     ids = [r.run_id for r in out]
     if len(set(ids)) != len(ids):
         raise UserError("grid produces duplicate run names; give each run a distinct `name`")
@@ -212,7 +216,8 @@ def spread_summary(rows: list[dict[str, Any]]) -> list[str]:
     * seed-to-seed: pooled standard deviation over the groups with at least two seeds;
     * loss vs gradient: for each loss-form group, the difference of its mean to the group of the
       same method and target that uses the method's default gradient form (its Table 2 row);
-    * between groups: the range and standard deviation of the group means.
+    * between groups: the range and standard deviation of the group means, within each rung
+      of the grid's product (a budget ladder compares methods at one budget, not across).
     """
     groups = _groups(rows)
     vals = {g: _finite(x.get("knn_top1") for x in rs) for g, rs in groups.items()}
@@ -245,14 +250,25 @@ def spread_summary(rows: list[dict[str, Any]]) -> list[str]:
         for h in twin:
             d = means[g] - means[h]
             out.append(f"- loss form {g} minus gradient form {h}: {d:+.2f}")
-    if len(means) >= 2:
-        lo, hi = min(means, key=means.__getitem__), max(means, key=means.__getitem__)
-        sd = f", std {statistics.stdev(means.values()):.2f}" if len(means) > 2 else ""
+    rungs: dict[str, dict[str, float]] = {}
+    for g, m in means.items():
+        rungs.setdefault(groups[g][0].get("rung") or "", {})[g] = m
+    for rung, ms in sorted(rungs.items(), key=lambda kv: _rung_order(kv[0])):
+        if len(ms) < 2:
+            continue
+        lo, hi = min(ms, key=ms.__getitem__), max(ms, key=ms.__getitem__)
+        sd = f", std {statistics.stdev(ms.values()):.2f}" if len(ms) > 2 else ""
         out.append(
-            f"- between groups: {means[lo]:.2f} ({lo}) to {means[hi]:.2f} ({hi}), "
-            f"range {means[hi] - means[lo]:.2f}{sd}"
+            f"- between groups{f' ({rung})' if rung else ''}: {ms[lo]:.2f} ({lo}) to "
+            f"{ms[hi]:.2f} ({hi}), range {ms[hi] - ms[lo]:.2f}{sd}"
         )
     return out
+
+
+def _rung_order(rung: str) -> list[Any]:
+    """Sort key of a rung label: numbers numerically ("epochs=4" before "epochs=16")."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", rung)
+    return [(0, float(x)) if i % 2 else (1, x) for i, x in enumerate(parts)]
 
 
 def _gain(rs: list[dict[str, Any]], metric: str) -> str:
@@ -296,9 +312,23 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
     spread = spread_summary(rows)
     if spread:
         lines += ["", "Spread of kNN top-1 (points):", "", *spread]
+    if hosts := host_summary(rows):
+        lines += ["", f"Hosts and precisions: {hosts}."]
     if warning := mixed_precision_warning(rows):
         lines += ["", f"**Warning**: {warning}"]
     return "\n".join(lines) + "\n"
+
+
+def host_summary(rows: list[dict[str, Any]]) -> str:
+    """Where the runs ran, e.g. ``NVIDIA H200, fp32: 4 runs; not recorded: 4 runs`` (results
+    that predate the ``host`` field are counted as not recorded); "" when all agree."""
+    by: dict[str, int] = {}
+    for r in rows:
+        where = ", ".join(x for x in (r.get("host"), r.get("precision")) if x) or "not recorded"
+        by[where] = by.get(where, 0) + 1
+    if len(by) < 2:
+        return next(iter(by)) if by and "not recorded" not in by else ""
+    return "; ".join(f"{k}: {n} run{'s' * (n > 1)}" for k, n in sorted(by.items()))
 
 
 def mixed_precision_warning(rows: list[dict[str, Any]]) -> str | None:

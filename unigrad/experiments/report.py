@@ -160,10 +160,10 @@ def have_matplotlib() -> bool:
 
 
 def _line_style(i: int, n: int) -> dict[str, Any]:
-    from matplotlib import colormaps
-
     """Colour and line style of run ``i`` of ``n``: the 10-colour cycle for up to 10 runs, then
     20 colours x 4 line styles, so that up to 80 runs are drawn distinctly."""
+    from matplotlib import colormaps
+
     if n <= 10:
         return {"color": f"C{i}", "linestyle": "-"}
     return {"color": colormaps["tab20"](i % 20), "linestyle": _STYLES[i // 20 % len(_STYLES)]}
