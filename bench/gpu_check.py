@@ -123,7 +123,8 @@ def throughput(device: str, steps: int) -> list[dict[str, Any]]:
     cases = [("unigrad", "grad", None), ("simclr", "loss", None), ("simclr", "grad", "b"),
              ("barlow_twins", "loss", None)]  # fmt: skip
     rows = []
-    print(f"\n## throughput on {device}: ResNet-18 CIFAR stem, batch 256, 2 views, img/s")
+    net = "the cifar-quick network (ResNet-18 x0.25, CIFAR stem)"
+    print(f"\n## throughput on {device}: {net}, batch 256, 2 views, img/s")
     print(f"{'method':<14}{'form':<8}{'fp32':>9}{'bf16':>9}{'fp16':>9}")
     for method, form, variant in cases:
         cells = {}
