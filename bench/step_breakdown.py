@@ -3,7 +3,9 @@ batch 256, fast pipeline), the non-backbone share of the step, and the amortised
 probe-batch diagnostics.
 
     .venv/bin/python bench/step_breakdown.py [--width 0.25] [--method unigrad] [--steps 10]
-        [--diag-every 50]
+        [--diag-every 50] [--set KEY=VALUE ...]
+
+``--set`` takes any config key, e.g. ``--set multi_crop=2x32,6x16 --set target=momentum``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 
 from harness import machine, make_trainer
 
+from unigrad.config import parse_set
 from unigrad.data.pipeline import step_generator
 from unigrad.engine.profiling import SectionTimer
 
@@ -29,6 +32,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--amp", default="auto")
     ap.add_argument("--diag-every", type=int, default=50, help="diagnostics interval to cost")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     a = ap.parse_args()
     tr = make_trainer(
         method=a.method,
@@ -37,6 +41,7 @@ def main() -> None:
         proj_dim=a.proj_dim,
         batch_size=a.batch_size,
         amp=a.amp,
+        **parse_set(a.set),
     )
     timer = SectionTimer(tr.device)
     tr.timer = timer
