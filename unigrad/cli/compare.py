@@ -101,10 +101,13 @@ def _compare(p: argparse.ArgumentParser) -> None:
         from unigrad.experiments.report import write_report
 
         report = write_report([c.out for _, c in runs], out / "report")
-        if draw_ladder(rows, out / "report" / "ladder.png"):
+        ladder = out / "report" / "ladder.png"
+        if draw_ladder(rows, ladder):
             with open(report, "a") as f:
                 f.write("\n### Budget ladder: kNN top-1 against the grid's rungs\n\n")
                 f.write("![Budget ladder](ladder.png)\n")
+        else:  # one from an earlier call would now be stale
+            ladder.unlink(missing_ok=True)
         print(f"wrote {out / 'results.md'}, {out / 'results.csv'} and {out / 'report'}")
         return 0
 

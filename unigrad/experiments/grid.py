@@ -320,8 +320,9 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def host_summary(rows: list[dict[str, Any]]) -> str:
-    """Where the runs ran, e.g. ``NVIDIA H200, fp32: 4 runs; not recorded: 4 runs`` (results
-    that predate the ``host`` field are counted as not recorded); "" when all agree."""
+    """Where the runs ran: ``NVIDIA H200, fp32`` when all agree, else the count of each, e.g.
+    ``NVIDIA H200, fp32: 4 runs; not recorded: 4 runs`` (results that predate the ``host``
+    field are not recorded); "" when none is recorded."""
     by: dict[str, int] = {}
     for r in rows:
         where = ", ".join(x for x in (r.get("host"), r.get("precision")) if x) or "not recorded"
