@@ -89,7 +89,11 @@ def _pretrain(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--width", type=float, help="backbone channel multiplier (ResNets only)")
     p.add_argument("--multi-crop", dest="multi_crop", metavar="GxS,LxS", help="e.g. 2x32,6x16")
-    p.add_argument("--cutmix", action="store_true", help="CutMix on the online views (unigrad)")
+    p.add_argument(
+        "--cutmix",
+        action="store_true",
+        help="CutMix on the online views (needs a momentum or snapshot target)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--max-steps", dest="max_steps", type=int, help="stop after this many steps")
     p.add_argument("--device", help="auto, cpu or cuda")
