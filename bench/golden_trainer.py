@@ -18,19 +18,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import TINY, make_image_folder
-from golden import RECORDED_METHODS
+from golden import RECORDED_METHODS, method_forms
 
 from unigrad.config import build_config
-from unigrad.methods import METHODS
 
 
 def configs():
-    for name in RECORDED_METHODS:
-        spec = METHODS[name]
-        if spec.loss is not None:
-            yield f"{name}-loss", {"method": name, "form": "loss"}
-        for key in spec.grads:
-            yield f"{name}-grad-{key}", {"method": name, "form": "grad", "variant": key}
+    yield from method_forms(RECORDED_METHODS).items()
     yield (
         "unigrad-multicrop-cutmix",
         {"method": "unigrad", "multi_crop": "2x16,2x8", "cutmix": True},

@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import TINY, make_image_folder
+from golden import method_forms
 from harness import machine, make_trainer, steady_state
 
 from unigrad.config import build_config
@@ -42,13 +43,7 @@ BARLOW_F = {"method": "barlow_twins", "form": "grad", "variant": "f"}
 
 
 def configs() -> list[tuple[str, dict[str, Any]]]:
-    rows = []
-    for name, spec in METHODS.items():
-        if spec.loss is not None:
-            rows.append((f"{name}-loss", {"method": name, "form": "loss"}))
-        rows += [
-            (f"{name}-grad-{k}", {"method": name, "form": "grad", "variant": k}) for k in spec.grads
-        ]
+    rows = list(method_forms(METHODS).items())
     rows += [
         ("unigrad-multicrop-cutmix", {"method": "unigrad", **MULTI}),
         ("simclr-grad-b-multicrop-cutmix", {**SIMCLR_B, **MULTI}),

@@ -27,14 +27,21 @@ RECORDED_METHODS = (
 STEPS, N, D_IN, C = 20, 12, 10, 8
 
 
-def cases() -> dict[str, dict]:
+def method_forms(names) -> dict[str, dict]:
+    """``{"<method>-loss" | "<method>-grad-<row>": config keys}`` for every form and gradient
+    row of the methods ``names`` (shared by the golden record and the bench scripts)."""
     out: dict[str, dict] = {}
-    for name in RECORDED_METHODS:  # methods added after the record have their own tests
+    for name in names:
         spec = METHODS[name]
         if spec.loss is not None:
             out[f"{name}-loss"] = {"method": name, "form": "loss"}
         for key in spec.grads:
             out[f"{name}-grad-{key}"] = {"method": name, "form": "grad", "variant": key}
+    return out
+
+
+def cases() -> dict[str, dict]:
+    out = method_forms(RECORDED_METHODS)  # methods added after the record have their own tests
     out["unigrad-grad-multicrop"] = {"method": "unigrad", "form": "grad", "views": 4}
     out["unigrad-loss-multicrop"] = {"method": "unigrad", "form": "loss", "views": 4}
     out["unigrad-grad-cutmix"] = {"method": "unigrad", "form": "grad", "cutmix": True}

@@ -90,10 +90,11 @@ def _compare(p: argparse.ArgumentParser) -> None:
                 baselines.setdefault(key, C.init_scores(result))
             else:
                 print(f"[{i}/{len(runs)}] {spec.run_id}: done, skipped", flush=True)
+            # the grid names its runs: a result copied in from another grid takes its name here
+            names = {"run": spec.run_id, "group": spec.name, "rung": spec.rung, "base": spec.base}
             rows.append(
-                {**baselines.get(key, {}), **result, "run": spec.run_id, "group": spec.name}
-                | {"rung": spec.rung, "base": spec.base, "backbone": C.backbone_label(cfg)}
-            )  # the grid names its runs: a result copied in from another grid takes its name here
+                {**baselines.get(key, {}), **result, **names, "backbone": C.backbone_label(cfg)}
+            )
             C.write_results(out, rows)
         if warning := C.mixed_precision_warning(rows):
             print(f"warning: {warning}", file=sys.stderr)
