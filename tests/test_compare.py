@@ -36,6 +36,9 @@ def test_expand_product_and_seeds():
     assert ids == ["x-1-s0", "x-1-s3", "x-2-s0", "x-2-s3"]
     assert [s.rung for s in C.expand(grid)] == ["lambd=1", "lambd=1", "lambd=2", "lambd=2"]
     assert C.expand({"runs": [{"name": "y"}]})[0].rung == ""
+    own = C.expand({"runs": [{"name": "a"}, {"name": "b", "seeds": [0, 1]}], "seeds": [0]})
+    assert [s.run_id for s in own] == ["a-s0", "b-s0", "b-s1"]
+    assert "seeds" not in own[2].overrides
 
 
 def test_unknown_grid_and_keys_are_refused(tmp_path):
@@ -108,6 +111,16 @@ def test_compare_runs_skips_and_tabulates(tmp_path, tiny_folder, capsys):
     assert (
         again[2]["knn_top1"] == rows[2]["knn_top1"] and "t2" not in (out / "results.md").read_text()
     )
+    # a grid edited after its runs finished: the stored runs are kept, and the changes named
+    grid["runs"][1]["lambd"] = 0.01
+    gfile.write_text(yaml.safe_dump(grid))
+    capsys.readouterr()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("done, skipped") == 4
+    warned = [line for line in captured.err.splitlines() if "other settings" in line]
+    assert len(warned) == 2 and all("lambd: 0.005 -> 0.01" in w for w in warned)
+    assert warned[0].startswith("warning: bt-f-s0 ")
 
 
 def test_compare_interrupted_exits_cleanly(tmp_path, tiny_folder, capsys, monkeypatch):

@@ -82,3 +82,23 @@ def test_missing_preset_names_the_shipped_ones(tmp_path):
         load_yaml("nope")
     with pytest.raises(UserError, match="does not exist"):
         load_yaml(str(tmp_path / "x.yaml"))
+
+
+def test_method_defaults_reach_only_their_method_and_give_way(capsys):
+    quick = load_yaml("cifar-quick")
+    assert build_config(quick).hparams == {"corr_source": "online"}  # UniGrad: BENCHMARKS 5
+    assert build_config(quick, {"method": "simclr"}).hparams == {}
+    assert build_config(quick, {"corr_source": "target"}).hparams == {"corr_source": "target"}
+    # a later layer's block wins, key by key (the grids pin the released choice this way)
+    pinned = {"method_defaults": {"unigrad": {"corr_source": "target"}}}
+    assert build_config(quick, pinned).hparams == {"corr_source": "target"}
+    # CutMix needs F from unmixed embeddings: the preset's default gives way, with a note
+    capsys.readouterr()
+    assert build_config(quick, {"cutmix": True}).hparams == {}
+    assert "method_defaults corr_source=online does not fit" in capsys.readouterr().err
+    with pytest.raises(UserError, match="cutmix needs corr_source=target"):
+        build_config(quick, {"cutmix": True, "corr_source": "online"})
+    with pytest.raises(UserError, match="unknown method 'unigard'"):
+        build_config({"method_defaults": {"unigard": {"rho": 0.9}}})
+    with pytest.raises(UserError, match="simclr has no hyperparameter 'rho'"):
+        build_config({"method_defaults": {"simclr": {"rho": 0.9}}})

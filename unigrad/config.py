@@ -11,7 +11,7 @@ import contextlib
 import difflib
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -220,9 +220,46 @@ def _route_hparams(layer: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _method_defaults(layers: tuple[dict[str, Any], ...]) -> dict[str, dict[str, Any]]:
+    """The layers' ``method_defaults`` blocks merged (later wins), each method and key checked:
+    ``{method: {hyperparameter: value}}``, a protocol's choice for one method that a run of
+    another method does not see (the cifar-quick preset gives UniGrad ``corr_source: online``)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        block = layer.get("method_defaults") or {}
+        if not isinstance(block, dict):
+            raise UserError("method_defaults must map a method to {hyperparameter: value}")
+        for name, values in block.items():
+            _check(
+                name in METHODS,
+                f"method_defaults: unknown method {name!r}; choose one of {', '.join(METHODS)}",
+            )
+            _check(
+                isinstance(values, dict),
+                f"method_defaults.{name} must be a mapping of hyperparameter: value",
+            )
+            params = get_method(name).params
+            for k in values:
+                _check(
+                    k in params,
+                    f"method_defaults.{name}: {name} has no hyperparameter {k!r}; "
+                    f"it takes {', '.join(params) or 'none'} (`unigrad methods`)",
+                )
+            merged.setdefault(name, {}).update(values)
+    return merged
+
+
 def build_config(*layers: dict[str, Any]) -> Config:
-    """Merge override dicts (later wins) onto the defaults, type-checked; then validate."""
-    layers = tuple(_route_hparams(layer) for layer in layers)
+    """Merge override dicts (later wins) onto the defaults, type-checked; then validate.
+
+    A layer may hold ``method_defaults: {method: {hyperparameter: value}}``: values for the run's
+    method where no layer sets that hyperparameter (recorded in ``hparams``, so the run's
+    config.yaml says what was used)."""
+    defaults = _method_defaults(layers)
+    layers = tuple(
+        _route_hparams({k: v for k, v in layer.items() if k != "method_defaults"})
+        for layer in layers
+    )
     unknown = [k for layer in layers for k in layer if k not in KEYS]
     if unknown:
         raise _unknown(unknown)
@@ -234,16 +271,29 @@ def build_config(*layers: dict[str, Any]) -> Config:
         msg = str(e.msg).splitlines()[0]  # OmegaConf appends full_key/object_type lines
         raise UserError(f"invalid value for config key {key!r}: {msg}") from None
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    validate(cfg)
+    given = {k: v for k, v in defaults.get(cfg.method, {}).items() if cfg.hparams.get(k) is None}
+    try:
+        validate(replace(cfg, hparams={**cfg.hparams, **given}))
+        cfg.hparams.update(given)
+    except UserError as e:
+        validate(cfg)  # the run's own settings are at fault: say so
+        # the protocol's default does not fit the rest of this run: the method's own is used
+        named = ", ".join(f"{k}={v}" for k, v in given.items())
+        _note(f"method_defaults {named} does not fit this run ({e}); {cfg.method}'s own is used")
     if cfg.warmup_epochs is None:  # resolved here, so config.yaml records the value used
         cfg.warmup_epochs = default_warmup(cfg.epochs)
-        if cfg.warmup_epochs < DEFAULT_WARMUP_EPOCHS and os.environ.get("RANK", "0") == "0":
-            print(
-                f"note: warm-up shortened to {cfg.warmup_epochs:g} epochs (half of the "
-                f"{cfg.epochs}-epoch run; the default is {DEFAULT_WARMUP_EPOCHS:g})",
-                file=sys.stderr,
+        if cfg.warmup_epochs < DEFAULT_WARMUP_EPOCHS:
+            _note(
+                f"warm-up shortened to {cfg.warmup_epochs:g} epochs (half of the "
+                f"{cfg.epochs}-epoch run; the default is {DEFAULT_WARMUP_EPOCHS:g})"
             )
     return cfg
+
+
+def _note(text: str) -> None:
+    """A default adapted to the run, said once (by rank 0)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {text}", file=sys.stderr)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

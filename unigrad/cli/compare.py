@@ -90,6 +90,13 @@ def _compare(p: argparse.ArgumentParser) -> None:
                 baselines.setdefault(key, C.init_scores(result))
             else:
                 print(f"[{i}/{len(runs)}] {spec.run_id}: done, skipped", flush=True)
+                if changed := C.stored_differences(cfg, Path(cfg.out)):
+                    print(
+                        f"warning: {spec.run_id} was trained with other settings than the grid "
+                        f"now gives ({'; '.join(changed)}); its result is kept: delete "
+                        f"{cfg.out} to rerun it",
+                        file=sys.stderr,
+                    )
             # the grid names its runs: a result copied in from another grid takes its name here
             names = {"run": spec.run_id, "group": spec.name, "rung": spec.rung, "base": spec.base}
             rows.append(

@@ -81,7 +81,8 @@ LAMBD = Param(
 BANK_SIZE = Param("rows of the FIFO memory bank", 4096, lambda v: v >= 1, ">= 1", int)
 RHO = Param("EMA rate of the correlation matrix F", 0.99, lambda v: 0 <= v < 1, "in [0, 1)")
 CORR_SOURCE = Param(
-    "which embeddings feed F: target (momentum branch) or online",
+    "which embeddings feed F: target (momentum branch, UniGrad as released) or online "
+    "(the cifar-quick preset's choice for UniGrad)",
     "target",
     **_choice("target", "online"),
 )

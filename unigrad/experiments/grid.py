@@ -8,10 +8,12 @@ A grid file (``unigrad/grids/*.yaml``, or any user file of the same shape)::
     seeds: [0, 1]
     runs:                        # explicit runs (each a dict of config overrides, optional name)
       - {name: b, method: simclr, form: grad, variant: b}
+      - {name: e, method: directpred, variant: e, seeds: [0]}  # a run's own seeds
     product:                     # optional cartesian product applied to every run
       target: [stopgrad, momentum]
 
-Runs go one after another. A finished run (``RUN/result.json``) is skipped; an interrupted one
+Runs go one after another. A finished run (``RUN/result.json``) is skipped (with a warning
+naming each training setting it differs in from the grid now); an interrupted one
 (``RUN/last.ckpt``) is resumed. ``results.csv`` holds one row per run, ``results.md`` the mean
 ± std over seeds in the shape of the paper's Table 2 / Table 3, followed by the spreads that say
 whether a difference between two rows means anything (:func:`spread_summary`).
@@ -19,7 +21,9 @@ whether a difference between two rows means anything (:func:`spread_summary`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import itertools
 import json
 import math
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unigrad.config import build_config, load_yaml, shipped
+from unigrad.config import KEYS, build_config, load_yaml, shipped
 from unigrad.errors import UserError
 from unigrad.methods import get_method
 
@@ -67,7 +71,8 @@ def load_grid(name_or_path: str) -> dict[str, Any]:
 
 
 def expand(grid: dict[str, Any]) -> list[RunSpec]:
-    """Runs x product x seeds, named ``<run name or values>-s<seed>``."""
+    """Runs x product x seeds, named ``<run name or values>-s<seed>``; a run may list its own
+    ``seeds`` (a second seed only where the first was close)."""
     runs = grid.get("runs") or [{}]
     product = grid.get("product") or {}
     keys = list(product)
@@ -76,13 +81,14 @@ def expand(grid: dict[str, Any]) -> list[RunSpec]:
     for run in runs:
         run = dict(run)
         base_name = run.pop("name", None)
+        seeds = run.pop("seeds", None) or grid.get("seeds") or [0]  # a run's own, else the grid's
         for combo in combos:
             overrides = {**run, **combo}
             parts = [base_name] if base_name else [str(v) for v in run.values()]
             base = "-".join(p for p in parts if p) or "run"
             name = "-".join([base, *(str(v) for v in combo.values())])
             rung = ", ".join(f"{k}={v}" for k, v in combo.items())
-            for seed in grid.get("seeds") or [0]:
+            for seed in seeds:
                 out.append(RunSpec(name, int(seed), {**overrides, "seed": int(seed)}, rung, base))
     ids = [r.run_id for r in out]
     if len(set(ids)) != len(ids):
@@ -343,6 +349,44 @@ def mixed_precision_warning(rows: list[dict[str, Any]]) -> str | None:
         return None
     parts = "; ".join(f"{p}: {', '.join(runs)}" for p, runs in sorted(by.items()))
     return f"this grid mixes precisions ({parts}); rerun with one --set amp=... to compare them"
+
+
+# Keys that do not change what a run learns (paths, logging, system); `amp` is left to
+# mixed_precision_warning, which reads the precision each run recorded.
+_NOT_TRAINING = {
+    "out", "data", "dataset", "download", "fallback_dataset", "workers", "pipeline", "bad_images",
+    "device", "amp", "amp_resolved", "amp_measured", "channels_last", "compile", "log_every",
+    "knn_every", "knn_baseline", "diag_every", "probe_size", "ckpt_every", "keep_epoch_ckpts",
+    "tensorboard", "hparams", "target", "form", "variant",
+}  # fmt: skip
+
+
+def _training_settings(cfg: Any) -> dict[str, Any]:
+    """What a run learns from: the method as resolved (form, target, every hyperparameter with
+    its default filled in) and the training keys."""
+    spec = get_method(cfg.method)
+    form = spec.form(cfg.form, cfg.variant)
+    if cfg.sample_set:
+        form = form.with_set(cfg.sample_set)
+    hp = spec.resolve(form, cfg.proj_dim, cfg.hparams)
+    out = {k: getattr(cfg, k) for k in KEYS if k not in _NOT_TRAINING}
+    return {**out, "form": form.key, "target": cfg.target or spec.target, **hp}
+
+
+def stored_differences(cfg: Any, run_dir: Path) -> list[str]:
+    """``key: stored -> grid`` for each training setting where the finished run in ``run_dir``
+    (its config.yaml) differs from what the grid now asks; empty when they agree or the run
+    recorded no config."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return []
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # its own warm-up note
+            stored = _training_settings(build_config(load_yaml(str(path))))
+    except UserError as e:
+        return [f"config.yaml no longer loads ({e})"]
+    now = _training_settings(cfg)
+    return [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in now.items() if stored.get(k) != v]
 
 
 def load_result(run_dir: Path) -> dict[str, Any] | None:
