@@ -246,3 +246,13 @@ def test_budget_ladder_figure(tmp_path):
     png = tmp_path / "ladder.png"
     assert draw_ladder(rows, png) and png.stat().st_size > 1000
     assert not draw_ladder(rows[::2], tmp_path / "none.png")
+
+
+def test_seeds_flag_replaces_the_grid_and_its_runs_seeds(tmp_path, capsys):
+    args = ["compare", "--grid", "lag", "--out", str(tmp_path), "--dry-run"]
+    assert main([*args, "--data", "unused"]) == 0
+    ids = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert "unigrad-corr-online-s1" in ids and "unigrad-m0.9-s1" not in ids  # a run's own seeds
+    assert main([*args, "--data", "unused", "--seeds", "3"]) == 0
+    ids = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert ids and all(i.endswith("-s3") for i in ids)

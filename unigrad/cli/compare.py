@@ -26,7 +26,7 @@ def _compare(p: argparse.ArgumentParser) -> None:
         help="torchvision dataset to download when --data does not exist",
     )
     p.add_argument("--out", required=True, help="grid directory (one sub-folder per run)")
-    p.add_argument("--seeds", help="comma-separated seeds, replacing the grid's")
+    p.add_argument("--seeds", help="comma-separated seeds, replacing the grid's (and its runs')")
     p.add_argument(
         "--only",
         action="append",
@@ -50,6 +50,8 @@ def _compare(p: argparse.ArgumentParser) -> None:
         grid = C.load_grid(a.grid)
         if a.seeds:
             grid["seeds"] = [int(s) for s in a.seeds.split(",")]
+            for r in grid.get("runs") or []:
+                r.pop("seeds", None)
         out = Path(a.out)
         data_args = {
             k: getattr(a, k)

@@ -112,13 +112,19 @@ def run_configs(
     return cfgs
 
 
-def describe(cfg: Any) -> dict[str, Any]:
-    """Table 2 columns of a run's method."""
+def _resolved(cfg: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """A run's method spec, its form (with the sample set the config picks) and its
+    hyperparameters with the defaults filled in."""
     spec = get_method(cfg.method)
     form = spec.form(cfg.form, cfg.variant)
     if cfg.sample_set:
         form = form.with_set(cfg.sample_set)
-    hp = spec.resolve(form, cfg.proj_dim, cfg.hparams)
+    return spec, form, spec.resolve(form, cfg.proj_dim, cfg.hparams)
+
+
+def describe(cfg: Any) -> dict[str, Any]:
+    """Table 2 columns of a run's method."""
+    spec, form, hp = _resolved(cfg)
     lam = hp["lambd"] if "lambd" in hp else form.default_lambda(cfg.proj_dim)
     return {
         "method": cfg.method,
@@ -364,11 +370,7 @@ _NOT_TRAINING = {
 def _training_settings(cfg: Any) -> dict[str, Any]:
     """What a run learns from: the method as resolved (form, target, every hyperparameter with
     its default filled in) and the training keys."""
-    spec = get_method(cfg.method)
-    form = spec.form(cfg.form, cfg.variant)
-    if cfg.sample_set:
-        form = form.with_set(cfg.sample_set)
-    hp = spec.resolve(form, cfg.proj_dim, cfg.hparams)
+    spec, form, hp = _resolved(cfg)
     out = {k: getattr(cfg, k) for k in KEYS if k not in _NOT_TRAINING}
     return {**out, "form": form.key, "target": cfg.target or spec.target, **hp}
 
