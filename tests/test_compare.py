@@ -121,6 +121,16 @@ def test_compare_runs_skips_and_tabulates(tmp_path, tiny_folder, capsys):
     warned = [line for line in captured.err.splitlines() if "other settings" in line]
     assert len(warned) == 2 and all("lambd: 0.005 -> 0.01" in w for w in warned)
     assert warned[0].startswith("warning: bt-f-s0 ")
+    # --tabulate trains nothing: the unfinished run is named and left out of the tables
+    (out / "uni-s1" / "result.json").unlink()
+    assert main([*args, "--tabulate"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 4 runs not finished, left out of the tables: uni-s1" in err
+    assert not (out / "uni-s1" / "result.json").exists()
+    with open(out / "results.csv", newline="") as f:
+        assert [r["run"] for r in csv.DictReader(f)] == ["uni-s0", "bt-f-s0", "bt-f-s1"]
+    assert main([*args, "--only", "nothing-like-this"]) == 2
+    assert "matches no run of grid" in capsys.readouterr().err
 
 
 def test_compare_interrupted_exits_cleanly(tmp_path, tiny_folder, capsys, monkeypatch):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from unigrad.cli import command
-from unigrad.config import parse_set
+from unigrad.config import parse_set, shipped
 
 
 @command("compare", "run a grid of methods/forms/targets/seeds under one protocol; write tables")
@@ -16,7 +16,7 @@ def _compare(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grid",
         required=True,
-        help="shipped grid (table2, table3, simsiam, augment, projector) or a .yaml file",
+        help=f"shipped grid ({', '.join(shipped('grids'))}) or a .yaml file",
     )
     p.add_argument("--data", help="ImageFolder root with train/ and val/")
     p.add_argument("--dataset", help="torchvision dataset instead of --data")
@@ -41,10 +41,16 @@ def _compare(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.add_argument(
+        "--tabulate",
+        action="store_true",
+        help="train nothing: write the tables and report from the finished runs only",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def run(a: argparse.Namespace) -> int:
         from unigrad.engine.trainer import Interrupted
+        from unigrad.errors import UserError
         from unigrad.experiments import grid as C
 
         grid = C.load_grid(a.grid)
@@ -62,6 +68,11 @@ def _compare(p: argparse.ArgumentParser) -> None:
         runs = C.run_configs(grid, out, data_args, extra)
         if a.only:
             runs = [(s, c) for s, c in runs if any(o in s.run_id for o in a.only)]
+            if not runs:
+                raise UserError(
+                    f"--only {' '.join(a.only)} matches no run of grid {a.grid}; "
+                    "--dry-run without --only lists them"
+                )
         if a.dry_run:
             for spec, cfg in runs:
                 d = C.describe(cfg)
@@ -77,10 +88,13 @@ def _compare(p: argparse.ArgumentParser) -> None:
         for _, cfg in runs:
             if init := C.init_scores(C.load_result(Path(cfg.out)) or {}):
                 baselines.setdefault(C.baseline_key(cfg), init)
-        rows = []
+        rows, done, missing = [], [], []
         for i, (spec, cfg) in enumerate(runs, 1):
             key = C.baseline_key(cfg)
             result = C.load_result(Path(cfg.out))  # now: another process may have finished it
+            if result is None and a.tabulate:
+                missing.append(spec.run_id)
+                continue
             if result is None:
                 print(f"[{i}/{len(runs)}] {spec.run_id}", flush=True)
                 try:
@@ -104,13 +118,22 @@ def _compare(p: argparse.ArgumentParser) -> None:
             rows.append(
                 {**baselines.get(key, {}), **result, **names, "backbone": C.backbone_label(cfg)}
             )
+            done.append(cfg.out)
             C.write_results(out, rows)
+        if missing:
+            print(
+                f"--tabulate: {len(missing)} of {len(runs)} runs not finished, left out of the "
+                f"tables: {', '.join(missing)}",
+                file=sys.stderr,
+            )
+        if not rows:
+            raise UserError(f"--tabulate: no run of this grid has finished in {out}")
         if warning := C.mixed_precision_warning(rows):
             print(f"warning: {warning}", file=sys.stderr)
         from unigrad.experiments.ladder import draw_ladder
         from unigrad.experiments.report import write_report
 
-        report = write_report([c.out for _, c in runs], out / "report")
+        report = write_report(done, out / "report")
         ladder = out / "report" / "ladder.png"
         if draw_ladder(rows, ladder):
             with open(report, "a") as f:
