@@ -81,7 +81,8 @@ def _compare(p: argparse.ArgumentParser) -> None:
                     f"{d['target']:<13} lambda={d['balance']}"
                 )
             return 0
-        out.mkdir(parents=True, exist_ok=True)
+        if not a.tabulate:  # --tabulate reads an existing grid directory
+            out.mkdir(parents=True, exist_ok=True)
         # one random-init baseline per seed and backbone: taken from finished runs, else
         # evaluated by the first run of that seed (see compare.BASELINE_KEYS)
         baselines: dict[tuple, dict[str, float]] = {}
