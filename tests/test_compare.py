@@ -170,6 +170,9 @@ def test_spread_summary_pairs_loss_with_its_gradient_row():
     assert sum("minus" in x for x in lines) == 1
     assert lines[-1].startswith("- between groups: 10.00 (a-moco-stopgrad) to 44.00 (moco-loss)")
     assert C.spread_summary(rows[:1]) == []
+    # the same runs listed under a second name (projector's depth-3 and width-512) count once
+    alias = [dict(r, group="alias") for r in rows[:2]]
+    assert C.spread_summary(rows + alias) == lines
 
 
 def test_between_group_spread_is_per_rung_of_the_product():

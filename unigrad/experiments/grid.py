@@ -222,6 +222,20 @@ def _groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return groups
 
 
+def _distinct(groups: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """The groups less any whose runs repeat an earlier group's results: a grid may list one
+    configuration under two names (``projector``'s depth 3 and width 512), and counting it twice
+    would understate the spreads."""
+    seen: set[tuple[Any, ...]] = set()
+    out = {}
+    for g, rs in groups.items():
+        key = tuple(sorted((r.get("seed"), r.get("knn_top1"), r.get("linear_top1")) for r in rs))
+        if key not in seen:
+            seen.add(key)
+            out[g] = rs
+    return out
+
+
 def spread_summary(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown bullets: seed-to-seed, loss-vs-gradient-form and between-group spread of kNN top-1.
 
@@ -230,8 +244,10 @@ def spread_summary(rows: list[dict[str, Any]]) -> list[str]:
       same method and target that uses the method's default gradient form (its Table 2 row);
     * between groups: the range and standard deviation of the group means, within each rung
       of the grid's product (a budget ladder compares methods at one budget, not across).
+
+    A group whose runs repeat another's results counts once (:func:`_distinct`).
     """
-    groups = _groups(rows)
+    groups = _distinct(_groups(rows))
     vals = {g: _finite(x.get("knn_top1") for x in rs) for g, rs in groups.items()}
     means = {g: statistics.mean(v) for g, v in vals.items() if v}
     out = []
