@@ -54,7 +54,7 @@ def main(out: str) -> None:
                 over,
             )
             tr = Trainer(cfg, show_progress=False)
-            tr._loop()
+            tr.train()
             h = hashlib.sha256()
             for part in (tr.model, tr.target, tr.objective):
                 for k, v in part.state_dict().items():

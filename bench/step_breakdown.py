@@ -17,6 +17,7 @@ from harness import machine, make_trainer
 
 from unigrad.config import parse_set
 from unigrad.data.pipeline import step_generator
+from unigrad.engine.callbacks import Diagnostics
 from unigrad.engine.profiling import SectionTimer
 
 BACKBONE = ("online forward", "target forward", "backward")
@@ -74,7 +75,7 @@ def main() -> None:
     calls = 3  # the probe batch's forward passes + statistics, as the trainer runs them
     start = time.perf_counter()
     for _ in range(calls):
-        tr._diagnostics()
+        Diagnostics(1, tr.cfg.probe_size).run(tr)
     diag = (time.perf_counter() - start) / calls
     print(
         f"diagnostics: {diag * 1e3:.1f} ms per call, every {a.diag_every} steps = "

@@ -1,58 +1,72 @@
-"""Pretraining loop, top to bottom: schedule -> views -> forward -> loss -> backward -> EMA -> log.
+"""Pretraining, top to bottom: data and parts are built from the configuration, :meth:`Trainer.fit`
+locks the run directory, opens (or resumes) the run, runs the loop with its callbacks and
+evaluates.
 
 Everything that influences the future is in the checkpoint (online and target weights, F or the
 memory bank, optimiser and scaler state, step) and every random draw is a function of
 (seed, step, rank) or (seed, epoch, index), so a run resumed from any step boundary continues
-bit-identically (with deterministic kernels). The run-directory lock, the finiteness rule and
-the choice of the checkpoint to resume from are in :mod:`unigrad.engine.resume`; the kNN /
-linear evaluation and the random-init baseline in :mod:`unigrad.engine.evaluation`.
+bit-identically (with deterministic kernels). The parts are in :mod:`unigrad.engine.parts`, the
+step in :mod:`unigrad.engine.step`, the loop in :mod:`unigrad.engine.loop`, the periodic jobs in
+:mod:`unigrad.engine.callbacks`; the lock, the finiteness rule and the choice of the checkpoint
+to resume from in :mod:`unigrad.engine.resume`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import copy
 import random
-import signal
 import sys
-import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from unigrad.config import Config, default_warmup, save_config, to_dict
+from unigrad.config import Config, save_config
 from unigrad.core import dist
-from unigrad.core.objective import Mix, Objective, target_views
-from unigrad.core.targets import TargetBranch, cosine_momentum
-from unigrad.data.pipeline import TrainData, build_train_data, step_generator
+from unigrad.core.objective import target_views
+from unigrad.data.pipeline import TrainData, build_train_data
 from unigrad.engine import checkpoint as ckpt
-from unigrad.engine.device import resolve_amp, select_device
+from unigrad.engine.callbacks import Callback, Interrupted, default_callbacks
+from unigrad.engine.device import select_device
 from unigrad.engine.evaluation import random_init_backbone, scores
-from unigrad.engine.optim import build_optimizer, lr_schedule, set_lr
+from unigrad.engine.loop import run_loop
+from unigrad.engine.parts import RunParts, build_parts
 from unigrad.engine.profiling import NullTimer
 from unigrad.engine.resume import all_finite, find_resume_state, good_checkpoint, lock_run_dir
 from unigrad.engine.runlog import RunLog
+from unigrad.engine.step import train_step
 from unigrad.errors import UserError
-from unigrad.methods import get_method
-from unigrad.models.networks import CUSTOM, build_model
+from unigrad.models.networks import CUSTOM
 
+__all__ = ["Interrupted", "Trainer"]
 
-class Interrupted(Exception):
-    """Raised at a step boundary after SIGTERM/SIGINT, once the checkpoint is written."""
-
-    def __init__(self, signum: int, path: Path) -> None:
-        super().__init__(f"stopped by signal {signum}; checkpoint written to {path}")
-        self.signum = signum
+#: Parts reachable as trainer attributes (``trainer.model`` is ``trainer.parts.model``).
+_PART_NAMES = (
+    "model",
+    "net",
+    "target",
+    "objective",
+    "optimizer",
+    "scaler",
+    "amp",
+    "lr",
+    "momentum",
+    "peak_lr",
+)
 
 
 class Trainer:
-    """Builds everything from a :class:`~unigrad.config.Config` and runs :meth:`fit`.
+    """Builds a run from a :class:`~unigrad.config.Config` and runs it with :meth:`fit`.
+
+    The caller's ``cfg`` is never changed: the trainer works on a copy (``trainer.cfg``, with
+    the values the run resolved, e.g. ``image_size`` from the data, ``amp_resolved``). With
+    ``resume`` the newest good checkpoint of ``cfg.out`` is loaded here (``trainer.step``);
+    nothing is written to ``cfg.out`` before :meth:`fit`, which takes the directory's lock.
 
     Your own parts, in place of the config's (keyword-only):
         backbone: a module [B, 3, H, W] -> [B, feat_dim], trained in place (``cfg.backbone``
@@ -64,6 +78,8 @@ class Trainer:
             or a DataLoader of ready views (see :class:`~unigrad.data.pipeline.GivenLoaderData`).
         val_data: a labelled Dataset for the kNN / linear evaluation (train_data then needs
             labels too); without it no evaluation is run.
+        callbacks: periodic jobs of your own (:class:`~unigrad.engine.callbacks.Callback`),
+            called after the built-in ones (``default_callbacks``).
     """
 
     def __init__(
@@ -76,29 +92,16 @@ class Trainer:
         feat_dim: int | None = None,
         train_data: Dataset | DataLoader | None = None,
         val_data: Dataset | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
+        cfg = copy.deepcopy(cfg)
         if backbone is not None:
-            cfg = dataclasses.replace(cfg, backbone=CUSTOM)
+            cfg.backbone = CUSTOM
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.spec = get_method(cfg.method)
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"--out {self.out} is a file, not a directory; choose another --out")
         self.distributed = dist.setup_from_env()
-        # one process per run directory, taken before any work (released if __init__ fails)
-        self._lock = lock_run_dir(self.out) if dist.is_main() else None
-        try:
-            self._setup(cfg, resume, show_progress, (backbone, feat_dim), (train_data, val_data))
-        except BaseException:
-            self.close()
-            raise
-
-    def _setup(
-        self,
-        cfg: Config,
-        resume: bool,
-        show_progress: bool,
-        own_net: tuple[nn.Module | None, int | None],  # (backbone, feat_dim)
-        own_data: tuple[Any, Any],  # (train_data, val_data)
-    ) -> None:
         self.device = select_device(cfg.device)
         world = dist.world_size()
         if cfg.batch_size % world:
@@ -114,133 +117,84 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         self.show_progress = show_progress and dist.is_main()
+        self.extra_callbacks = list(callbacks)
 
-        self.data: TrainData = build_train_data(cfg, self.device, *own_data)
+        self.data: TrainData = build_train_data(cfg, self.device, train_data, val_data)
         self.steps_per_epoch = self.data.steps_per_epoch
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-
-        self.model = build_model(
-            cfg.backbone if own_net[0] is None else own_net[0],
-            cfg.width,
-            cfg.cifar_stem,
-            cfg.proj_depth,
-            cfg.proj_dim,
-            cfg.proj_hidden,
-            predictor=self.spec.predictor == "mlp",
-            pred_hidden=cfg.pred_hidden,
-            image_size=cfg.image_size,
-            norm=cfg.norm,
-            feat_dim=own_net[1],
+        self.parts: RunParts = build_parts(
+            cfg, self.device, self.steps_per_epoch, self.total_steps, backbone, feat_dim
         )
-        if cfg.sync_bn and self.distributed:
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.model.to(self.device)
-        if cfg.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.target_kind = cfg.target or self.spec.target
-        self.target = TargetBranch(
-            self.target_kind, self.model.encoder, cfg.snapshot_every or self.steps_per_epoch
-        )
-        self.objective = Objective.from_config(cfg).to(self.device)
-        self.net: nn.Module = self.model
-        if self.distributed:
-            self.net = DDP(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        if cfg.compile:
-            self.net = torch.compile(self.net)
-
-        self.peak_lr = cfg.base_lr * cfg.batch_size / 256
-        fixed = cfg.predictor_fixed_lr
-        if fixed is None:
-            fixed = bool(self.spec.train_defaults.get("predictor_fixed_lr", False))
-        self.optimizer = build_optimizer(
-            self.model,
-            cfg.optimizer,
-            self.peak_lr,
-            cfg.weight_decay,
-            cfg.sgd_momentum,
-            bias_lr_scale=(cfg.base_lr_bias or cfg.base_lr) / cfg.base_lr,
-            predictor_fixed_lr=fixed,
-            predictor_lr_scale=cfg.predictor_lr_scale,
-            objective=self.objective,
-        )
-        warmup_epochs = (
-            default_warmup(cfg.epochs) if cfg.warmup_epochs is None else cfg.warmup_epochs
-        )
-        warmup = round(warmup_epochs * self.steps_per_epoch)
-        self.lr = lr_schedule(self.peak_lr, self.total_steps, warmup, cfg.min_lr_ratio)
-        base_m = cfg.momentum_base
-        if base_m is None:
-            base_m = float(self.spec.train_defaults.get("momentum_base", 0.996))
-        self.momentum = cosine_momentum(base_m, cfg.momentum_final, self.total_steps)
-        self.amp = resolve_amp(
-            cfg, self.model, self.device, max(2, min(8, cfg.batch_size // world))
-        )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.step = 0
         self.n_views = self.data.n_views
         self.n_target = target_views(self.n_views, cfg.symmetry)
-        self._stop_signal: int | None = None
+        self.step = 0
+        self.stop_signal: int | None = None  # set by the Checkpointer's signal handler
         self.timer = NullTimer()  # bench/step_breakdown.py swaps in a SectionTimer
+        self.log: RunLog | None = None
+        self._lock: Any = None
+        self.resumed_from = self._resume() if resume else None
 
-        self._open_run(resume)
+    # ------------------------------------------------------------------ the run directory
+    def _resume(self) -> Path | None:
+        """Load the newest good checkpoint; None (fresh start) when there is none yet."""
+        found = find_resume_state(self.out, self.cfg)
+        if found is None:
+            return None
+        path, state = found
+        try:
+            self.step = self.parts.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise UserError(f"{path} does not match this model: {str(e).splitlines()[0]}") from None
+        if dist.is_main():
+            print(f"resumed from {path} at step {self.step}")
+        return path
 
-    def _open_run(self, resume: bool) -> None:
-        """Run log, config.yaml, and the resume (or the check that RUN holds no other run)."""
-        cfg = self.cfg
-        self.log = RunLog(self.out, cfg.tensorboard)
+    def _open_run(self) -> None:
+        """Take the lock; then the run log and config.yaml, or the check that RUN holds no other
+        run (a resumed run keeps its log up to its step)."""
+        if dist.is_main():
+            self._lock = lock_run_dir(self.out)
+        if self.resumed_from is None and ckpt.candidates(self.out):
+            raise UserError(
+                f"{self.out} already holds a run (*.ckpt); pass --resume to continue it or "
+                "choose another --out"
+            )
+        self.log = RunLog(self.out, self.cfg.tensorboard)
         if self.data.skipped and dist.is_main():
             print(
                 f"warning: {self.data.skipped} unreadable training images skipped "
                 "(bad_images=skip; logged as data/skipped_images)",
                 file=sys.stderr,
             )
-        if not (resume and self._resume()):
-            if not resume and ckpt.candidates(self.out):
-                raise UserError(
-                    f"{self.out} already holds a run (*.ckpt); pass --resume to continue it or "
-                    "choose another --out"
-                )
-            self.log.truncate_after(0)
+        self.log.truncate_after(self.step)
+        if self.resumed_from is None:
             if dist.is_main():
-                save_config(cfg, self.out / "config.yaml")
+                save_config(self.cfg, self.out / "config.yaml")
             self.log.log(0, 0.0, {"data/skipped_images": float(self.data.skipped)})
 
     def close(self) -> None:
-        """Release the run directory's lock (also released when the process ends)."""
-        lock, self._lock = getattr(self, "_lock", None), None
+        """Close the run log and release the run directory's lock (also released when the
+        process ends)."""
+        log, self.log = self.log, None
+        if log is not None:
+            log.close()
+        lock, self._lock = self._lock, None
         if lock is not None:
             lock.close()
 
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Append ``metrics`` at the current step (no-op before :meth:`fit` opened the run)."""
+        if self.log is not None:
+            self.log.log(self.step, self.step / self.steps_per_epoch, metrics)
+
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "config": to_dict(self.cfg),
-            "model": self.model.state_dict(),
-            "target": self.target.state_dict(),
-            "objective": self.objective.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step": self.step,
-            "epoch": self.step // self.steps_per_epoch,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "python": list(random.getstate()[1]),
-                "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-            },
-        }
+        return self.parts.state_dict(self.cfg, self.step, self.steps_per_epoch)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.target.load_state_dict(state["target"])
-        self.objective.load_state_dict(state["objective"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
+        self.step = self.parts.load_state_dict(state)
 
     def save(self, name: str = "last.ckpt") -> Path:
         """Write a checkpoint; never one with non-finite weights, optimiser or objective state
@@ -248,13 +202,15 @@ class Trainer:
         path = self.out / name
         state = self.state_dict()
         if not all_finite(state):
-            self._diverged("weights, optimiser or objective state", "")
+            self.diverged("weights, optimiser or objective state", "")
         if dist.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
             ckpt.save_checkpoint(state, path)
         dist.barrier()
         return path
 
-    def _diverged(self, what: str, within: str) -> None:
+    def diverged(self, what: str, within: str) -> None:
+        """Stop the run (exit 3) naming the step and the newest good checkpoint."""
         good = good_checkpoint(self.out)
         hint = f"last good checkpoint: {good}" if good else "no good checkpoint was written"
         raise UserError(
@@ -263,160 +219,44 @@ class Trainer:
             exit_code=3,
         )
 
-    def _resume(self) -> bool:
-        """Load the newest good checkpoint; False (fresh start) when there is none yet."""
-        found = find_resume_state(self.out, self.cfg)
-        if found is None:
-            return False
-        path, state = found
-        try:
-            self.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise UserError(f"{path} does not match this model: {str(e).splitlines()[0]}") from None
-        self.log.truncate_after(self.step)
-        if dist.is_main():
-            print(f"resumed from {path} at step {self.step}")
-        return True
-
-    # ------------------------------------------------------------------ one step
+    # ------------------------------------------------------------------ training
     def train_step(
         self, views: list[torch.Tensor], gen: torch.Generator
     ) -> dict[str, torch.Tensor]:
         """One optimisation step on a list of augmented views (global first)."""
-        set_lr(self.optimizer, float(self.lr[self.step]), self.peak_lr)
-        online_views, mix = views, None
-        if self.cfg.cutmix:
-            from unigrad.data.augment import cutmix
-
-            with self.timer("cutmix"):
-                online_views, perm, ratio = cutmix(views, gen)
-                mix = Mix(perm, ratio)
-        with torch.autocast(
-            self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
-        ):
-            with self.timer("online forward"):
-                z, p = self.net(online_views)
-            with self.timer("target forward"):
-                targets = self.target(views[: self.n_target], z[: self.n_target])
-            with self.timer("loss + sample set"):
-                loss = self.objective(z, targets=targets, pred=p, mix=mix)
-                stats = dict(self.objective.stats)
-        with self.timer("backward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-        with self.timer("optimizer"):
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        stats = train_step(
+            self.parts,
+            views,
+            gen,
+            self.step,
+            n_target=self.n_target,
+            cutmix=self.cfg.cutmix,
+            timer=self.timer,
+        )
         self.step += 1
-        with self.timer("EMA update"):
-            self.target.update(self.model.encoder, float(self.momentum[self.step - 1]), self.step)
-        with self.timer("loss + sample set"):
-            self.objective.after_step()
-        stats["loss"] = loss.detach()
         return stats
 
-    # ------------------------------------------------------------------ loop
-    def _handle_signal(self, signum: int, frame: Any) -> None:
-        self._stop_signal = signum
+    def callbacks(self) -> list[Callback]:
+        """The built-in jobs the configuration asks for, then the caller's."""
+        return default_callbacks(self) + self.extra_callbacks
+
+    def train(self) -> None:
+        """The loop alone: train until ``total_steps`` with the callbacks (no final evaluation;
+        the run directory must be open, as :meth:`fit` does)."""
+        run_loop(self, self.callbacks())
 
     def fit(self) -> dict[str, float]:
-        """Train until ``total_steps``, then evaluate; returns the final metrics.
-
-        SIGTERM/SIGINT are caught: the run stops at the next step boundary with a checkpoint
-        (:class:`Interrupted`).
-        """
-        old = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        """Lock and open the run, train until ``total_steps``, then evaluate; returns the final
+        metrics. SIGTERM/SIGINT stop the run at the next step boundary with a checkpoint
+        (:class:`Interrupted`)."""
         try:
-            self._loop()
+            self._open_run()
+            self.train()
             return self.evaluate(final=True)
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-            self.log.close()
             self.close()
 
-    def _loop(self) -> None:
-        cfg = self.cfg
-        window: dict[str, list[torch.Tensor]] = {}
-        t0, n_img = time.perf_counter(), 0
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            disable=not self.show_progress,
-            unit="step",
-            dynamic_ncols=True,
-            desc=f"{cfg.method}/{self.objective.kind}",
-        )
-        while self.step < self.total_steps:
-            epoch = self.step // self.steps_per_epoch
-            start = self.step - epoch * self.steps_per_epoch
-            augment_gen = lambda s: step_generator(cfg.seed, s, per_rank=False)  # noqa: E731
-            for views in self.data.epoch(epoch, start, augment_gen):
-                stats = self.train_step(views, step_generator(cfg.seed, self.step, salt=1))
-                if self.device.type == "cpu" and not math.isfinite(float(stats["loss"])):
-                    self._diverged("loss", "")  # free on the CPU; elsewhere checked in _flush
-                for k, v in stats.items():
-                    window.setdefault(k, []).append(v)
-                n_img += views[0].shape[0] * dist.world_size()
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    logged = self._flush(window, n_img / (time.perf_counter() - t0))
-                    shown = ("loss", "pos_sim", "lr", "img_per_s")
-                    bar.set_postfix({k: f"{logged[k]:.3g}" for k in shown if k in logged})
-                    window, t0, n_img = {}, time.perf_counter(), 0
-                if cfg.diag_every and self.step % cfg.diag_every == 0:
-                    self._diagnostics()
-                mid_epoch = self.step % self.steps_per_epoch != 0  # epoch ends save below
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and mid_epoch:
-                    self.save()
-                if self._stop_signal is not None:
-                    bar.close()
-                    raise Interrupted(self._stop_signal, self.save())
-                if self.step >= self.total_steps:
-                    break
-            epoch_done = self.step // self.steps_per_epoch
-            self.save()
-            if cfg.keep_epoch_ckpts and self.step % self.steps_per_epoch == 0:
-                self.save(f"epoch-{epoch_done:04d}.ckpt")
-            if self.objective.corr is not None and dist.is_main():
-                from unigrad.eval.diagnostics import corr_spectrum, write_spectrum
-
-                write_spectrum(self.out, self.step, corr_spectrum(self.objective.corr.F))
-            if cfg.knn_every and epoch_done % cfg.knn_every == 0 and self.step < self.total_steps:
-                self.evaluate(final=False)
-            t0, n_img = time.perf_counter(), 0  # evaluation time is not training throughput
-        bar.close()
-
-    def _flush(self, window: dict[str, list[torch.Tensor]], img_s: float) -> dict[str, float]:
-        means = {k: float(torch.stack(v).float().mean()) for k, v in window.items()}
-        if not all(np.isfinite(v) for v in means.values()):
-            bad = [k for k, v in means.items() if not np.isfinite(v)]
-            self._diverged(", ".join(bad), f" (within the last {self.cfg.log_every} steps)")
-        if self.objective.kind == "grad":
-            means.pop("loss", None)  # the surrogate's value carries no meaning
-        means["lr"] = float(self.lr[self.step - 1])
-        means["momentum"] = float(self.momentum[self.step - 1])
-        means["img_per_s"] = img_s
-        self.log.log(self.step, self.step / self.steps_per_epoch, means)
-        return means
-
-    def _diagnostics(self) -> None:
-        from unigrad.eval.diagnostics import frozen_bn_stats, probe_diagnostics
-
-        views = self.data.probe(self.cfg.probe_size)
-        with torch.no_grad(), frozen_bn_stats(self.model):
-            z, _ = self.model(views[:2])
-            t = self.target(views[:2], z)
-        extra: dict[str, Any] = {}
-        if self.objective.corr is not None:
-            extra["corr"] = self.objective.corr.F
-        metrics = probe_diagnostics(z, t.pos, extra)
-        self.log.log(
-            self.step,
-            self.step / self.steps_per_epoch,
-            {f"diag/{k}": v for k, v in metrics.items()},
-        )
-
+    # ------------------------------------------------------------------ evaluation
     def evaluate(self, final: bool) -> dict[str, float]:
         """kNN monitor on the eval split (rank 0); at the end optionally a linear probe on the
         same features and the random-init baseline."""
@@ -428,7 +268,7 @@ class Trainer:
             init = random_init_backbone(self.cfg, self.device)
             if init is not None:  # None: a custom module, which the config cannot rebuild
                 out.update(scores(self.data, init, self.cfg, linear, "init_"))
-        self.log.log(self.step, self.step / self.steps_per_epoch, out)
+        self.log_metrics(out)
         if out:
             epoch = self.step / self.steps_per_epoch
             tqdm.write(
@@ -436,3 +276,11 @@ class Trainer:
                 + ", ".join(f"{k} {v:.2f}" for k, v in out.items())
             )
         return out
+
+
+def _part(name: str) -> property:
+    return property(lambda self: getattr(self.parts, name), doc=f"``trainer.parts.{name}``")
+
+
+for _name in _PART_NAMES:
+    setattr(Trainer, _name, _part(_name))

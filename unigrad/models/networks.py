@@ -16,8 +16,9 @@ for a module passed from Python (``build_model(module, feat_dim=D)``).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
@@ -266,3 +267,46 @@ def build_model(
     if predictor:
         pred = mlp(proj_dim, pred_hidden or max(proj_dim // 4, 1), proj_dim, 2, norm=norm)
     return SiameseModel(Encoder(net, projector), pred)
+
+
+#: The configuration keys that define the network (the ``model`` section and the image size).
+MODEL_KEYS = (
+    "backbone",
+    "width",
+    "cifar_stem",
+    "proj_depth",
+    "proj_dim",
+    "proj_hidden",
+    "pred_hidden",
+    "norm",
+    "image_size",
+)
+
+
+def model_from_config(
+    cfg: Any,
+    *,
+    predictor: bool,
+    backbone: nn.Module | None = None,
+    feat_dim: int | None = None,
+) -> SiameseModel:
+    """The network a configuration describes: the one place where a config becomes a model.
+
+    ``cfg``: a :class:`~unigrad.config.Config` or a mapping with :data:`MODEL_KEYS` (a
+    checkpoint's stored config); ``backbone``: your own module in place of ``cfg.backbone``.
+    An unset ``image_size`` builds for 224 px (it only matters to ViTs).
+    """
+    get = cfg.get if isinstance(cfg, Mapping) else lambda k, d=None: getattr(cfg, k, d)
+    return build_model(
+        backbone if backbone is not None else get("backbone"),
+        get("width"),
+        get("cifar_stem"),
+        get("proj_depth"),
+        get("proj_dim"),
+        get("proj_hidden"),
+        predictor=predictor,
+        pred_hidden=get("pred_hidden"),
+        image_size=get("image_size") or 224,
+        norm=get("norm", "bn") or "bn",
+        feat_dim=feat_dim,
+    )

@@ -1,0 +1,47 @@
+"""The loop's periodic jobs, one file each, and the one place where a run's are chosen.
+
+A callback is a :class:`Callback` whose hooks the loop (:func:`unigrad.engine.loop.run_loop`)
+calls with the :class:`~unigrad.engine.trainer.Trainer`; a new periodic job is a new file here
+(or in your own code: ``Trainer(cfg, callbacks=[MyJob()])``) and, for the built-in ones, one line
+in :func:`default_callbacks`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unigrad.engine.callbacks.base import Callback
+from unigrad.engine.callbacks.checkpointer import Checkpointer, Interrupted
+from unigrad.engine.callbacks.diagnostics import Diagnostics
+from unigrad.engine.callbacks.knn import KnnMonitor
+from unigrad.engine.callbacks.metrics import MetricsLog
+from unigrad.engine.callbacks.spectrum import SpectrumWriter
+
+if TYPE_CHECKING:
+    from unigrad.engine.trainer import Trainer
+
+__all__ = [
+    "Callback",
+    "Checkpointer",
+    "Diagnostics",
+    "Interrupted",
+    "KnnMonitor",
+    "MetricsLog",
+    "SpectrumWriter",
+    "default_callbacks",
+]
+
+
+def default_callbacks(trainer: Trainer) -> list[Callback]:
+    """The built-in jobs a run's configuration asks for, in the order the loop calls them:
+    metrics (and the divergence check), diagnostics, checkpoints (and stop signals), F's
+    spectrum, the kNN monitor."""
+    cfg = trainer.cfg
+    chosen: list[Callback | None] = [
+        MetricsLog(cfg.log_every, trainer.show_progress),
+        Diagnostics(cfg.diag_every, cfg.probe_size) if cfg.diag_every else None,
+        Checkpointer(cfg.ckpt_every, cfg.keep_epoch_ckpts),
+        SpectrumWriter() if SpectrumWriter.applies(trainer) else None,
+        KnnMonitor(cfg.knn_every) if cfg.knn_every else None,
+    ]
+    return [c for c in chosen if c is not None]

@@ -1,0 +1,76 @@
+"""Step statistics: averaged over ``log_every`` steps into ``metrics.csv`` / TensorBoard, shown
+on the progress bar, and checked for divergence."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm import tqdm
+
+from unigrad.engine.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from unigrad.engine.trainer import Trainer
+
+SHOWN = ("loss", "pos_sim", "lr", "img_per_s")
+
+
+class MetricsLog(Callback):
+    """Means of the step statistics every ``log_every`` steps (and at the last step), with lr,
+    EMA momentum and img/s. A non-finite mean stops the run (exit 3); on the CPU the loss is
+    also checked every step, which costs nothing there."""
+
+    def __init__(self, log_every: int, show_progress: bool = True) -> None:
+        self.log_every = log_every
+        self.show_progress = show_progress
+        self.window: dict[str, list[torch.Tensor]] = {}
+        self.bar: tqdm | None = None
+        self.t0, self.n_img = time.perf_counter(), 0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.bar = tqdm(
+            total=trainer.total_steps,
+            initial=trainer.step,
+            disable=not self.show_progress,
+            unit="step",
+            dynamic_ncols=True,
+            desc=f"{trainer.cfg.method}/{trainer.objective.kind}",
+        )
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.t0, self.n_img = time.perf_counter(), 0  # evaluation time is not throughput
+
+    def on_step(self, trainer: Trainer, stats: dict[str, torch.Tensor], n_images: int) -> None:
+        if trainer.device.type == "cpu" and not math.isfinite(float(stats["loss"])):
+            trainer.diverged("loss", "")
+        for k, v in stats.items():
+            self.window.setdefault(k, []).append(v)
+        self.n_img += n_images
+        if self.bar is not None:
+            self.bar.update(1)
+        if trainer.step % self.log_every == 0 or trainer.step == trainer.total_steps:
+            logged = self.flush(trainer, self.n_img / (time.perf_counter() - self.t0))
+            if self.bar is not None:
+                self.bar.set_postfix({k: f"{logged[k]:.3g}" for k in SHOWN if k in logged})
+            self.window, self.t0, self.n_img = {}, time.perf_counter(), 0
+
+    def flush(self, trainer: Trainer, img_s: float) -> dict[str, float]:
+        means = {k: float(torch.stack(v).float().mean()) for k, v in self.window.items()}
+        bad = [k for k, v in means.items() if not math.isfinite(v)]
+        if bad:
+            trainer.diverged(", ".join(bad), f" (within the last {self.log_every} steps)")
+        if trainer.objective.kind == "grad":
+            means.pop("loss", None)  # the surrogate's value carries no meaning
+        means["lr"] = float(trainer.parts.lr[trainer.step - 1])
+        means["momentum"] = float(trainer.parts.momentum[trainer.step - 1])
+        means["img_per_s"] = img_s
+        trainer.log_metrics(means)
+        return means
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

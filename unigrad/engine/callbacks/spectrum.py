@@ -1,0 +1,24 @@
+"""F's eigenvalues at the end of every epoch, to ``RUN/spectrum.csv`` (methods whose sample set
+is the EMA correlation matrix: UniGrad, DirectPred)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unigrad.core import dist
+from unigrad.engine.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from unigrad.engine.trainer import Trainer
+
+
+class SpectrumWriter(Callback):
+    @staticmethod
+    def applies(trainer: Trainer) -> bool:
+        return getattr(trainer.objective, "corr", None) is not None
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        if dist.is_main():
+            from unigrad.eval.diagnostics import corr_spectrum, write_spectrum
+
+            write_spectrum(trainer.out, trainer.step, corr_spectrum(trainer.objective.corr.F))

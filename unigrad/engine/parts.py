@@ -1,0 +1,130 @@
+"""The built parts of a run: networks, target branch, objective, optimiser, scaler and the
+schedules, with one ``state_dict``. Built from a :class:`~unigrad.config.Config` by
+:func:`build_parts`; the loop (:mod:`unigrad.engine.loop`) and the step
+(:mod:`unigrad.engine.step`) only use them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from unigrad.config import Config, default_warmup, to_dict
+from unigrad.core import dist
+from unigrad.core.objective import Objective
+from unigrad.core.targets import TargetBranch, cosine_momentum
+from unigrad.engine.device import resolve_amp
+from unigrad.engine.optim import build_optimizer, lr_schedule
+from unigrad.methods import get_method
+from unigrad.models.networks import SiameseModel, model_from_config
+
+
+@dataclass
+class RunParts:
+    """Everything a step changes or reads, and its schedules (one value per step).
+
+    ``model``: the online network (backbone, projector, predictor); ``net``: the module the step
+    calls (``model``, wrapped in DDP and/or ``torch.compile``); ``target``: the target branch;
+    ``objective``: the loss with its sample-set state; ``lr`` / ``momentum``: [total_steps]
+    schedules; ``amp``: the autocast dtype or None (fp32).
+    """
+
+    model: SiameseModel
+    net: nn.Module
+    target: TargetBranch
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    lr: torch.Tensor
+    momentum: torch.Tensor
+    peak_lr: float
+    amp: torch.dtype | None
+
+    def state_dict(self, cfg: Config, step: int, steps_per_epoch: int) -> dict[str, Any]:
+        """A checkpoint's payload: every state that influences the future, and the RNGs."""
+        return {
+            "config": to_dict(cfg),
+            "model": self.model.state_dict(),
+            "target": self.target.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": step,
+            "epoch": step // steps_per_epoch,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "python": list(random.getstate()[1]),
+                "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Restore from a checkpoint's payload; returns its step."""
+        self.model.load_state_dict(state["model"])
+        self.target.load_state_dict(state["target"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        return int(state["step"])
+
+
+def build_parts(
+    cfg: Config,
+    device: torch.device,
+    steps_per_epoch: int,
+    total_steps: int,
+    backbone: nn.Module | None = None,
+    feat_dim: int | None = None,
+) -> RunParts:
+    """The run's parts on ``device`` (``backbone``: the user's own module, else cfg's)."""
+    spec = get_method(cfg.method)
+    model = model_from_config(
+        cfg, predictor=spec.predictor == "mlp", backbone=backbone, feat_dim=feat_dim
+    )
+    if cfg.sync_bn and dist.is_dist():
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    target = TargetBranch(
+        cfg.target or spec.target, model.encoder, cfg.snapshot_every or steps_per_epoch
+    )
+    objective = Objective.from_config(cfg).to(device)
+    net: nn.Module = model
+    if dist.is_dist():
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    peak_lr = cfg.base_lr * cfg.batch_size / 256
+    fixed = cfg.predictor_fixed_lr
+    if fixed is None:
+        fixed = bool(spec.train_defaults.get("predictor_fixed_lr", False))
+    optimizer = build_optimizer(
+        model,
+        cfg.optimizer,
+        peak_lr,
+        cfg.weight_decay,
+        cfg.sgd_momentum,
+        bias_lr_scale=(cfg.base_lr_bias or cfg.base_lr) / cfg.base_lr,
+        predictor_fixed_lr=fixed,
+        predictor_lr_scale=cfg.predictor_lr_scale,
+        objective=objective,
+    )
+    warmup_epochs = default_warmup(cfg.epochs) if cfg.warmup_epochs is None else cfg.warmup_epochs
+    lr = lr_schedule(peak_lr, total_steps, round(warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
+    base_m = cfg.momentum_base
+    if base_m is None:
+        base_m = float(spec.train_defaults.get("momentum_base", 0.996))
+    momentum = cosine_momentum(base_m, cfg.momentum_final, total_steps)
+    world = dist.world_size()
+    amp = resolve_amp(cfg, model, device, max(2, min(8, cfg.batch_size // world)))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    return RunParts(model, net, target, objective, optimizer, scaler, lr, momentum, peak_lr, amp)

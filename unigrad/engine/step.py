@@ -1,0 +1,59 @@
+"""One optimisation step: views -> online and target forward -> objective -> backward ->
+optimiser -> EMA update -> sample-set update (paper eq. 13's surrogate for the gradient forms).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unigrad.core.objective import Mix
+from unigrad.engine.optim import set_lr
+from unigrad.engine.parts import RunParts
+from unigrad.engine.profiling import NullTimer
+
+
+def train_step(
+    parts: RunParts,
+    views: list[torch.Tensor],
+    gen: torch.Generator,
+    step: int,
+    *,
+    n_target: int,
+    cutmix: bool = False,
+    timer: NullTimer | None = None,
+) -> dict[str, torch.Tensor]:
+    """Step ``step`` (0-based) on augmented ``views`` (global first, [B, 3, H_i, W_i] each).
+
+    ``n_target``: leading views the target branch embeds; ``gen``: the step's generator (CutMix).
+    Returns the step's statistics as device tensors (``loss`` and the objective's stats).
+    """
+    timer = timer or NullTimer()
+    set_lr(parts.optimizer, float(parts.lr[step]), parts.peak_lr)
+    online_views, mix = views, None
+    if cutmix:
+        from unigrad.data.augment import cutmix as mix_views
+
+        with timer("cutmix"):
+            online_views, perm, ratio = mix_views(views, gen)
+            mix = Mix(perm, ratio)
+    dtype = parts.amp or torch.float32
+    with torch.autocast(views[0].device.type, dtype=dtype, enabled=parts.amp is not None):
+        with timer("online forward"):
+            z, p = parts.net(online_views)
+        with timer("target forward"):
+            targets = parts.target(views[:n_target], z[:n_target])
+        with timer("loss + sample set"):
+            loss = parts.objective(z, targets=targets, pred=p, mix=mix)
+            stats = dict(parts.objective.stats)
+    with timer("backward"):
+        parts.optimizer.zero_grad(set_to_none=True)
+        parts.scaler.scale(loss).backward()
+    with timer("optimizer"):
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+    with timer("EMA update"):
+        parts.target.update(parts.model.encoder, float(parts.momentum[step]), step + 1)
+    with timer("loss + sample set"):
+        parts.objective.after_step()
+    stats["loss"] = loss.detach()
+    return stats
