@@ -58,6 +58,8 @@ def main(out: str) -> None:
             h = hashlib.sha256()
             for part in (tr.model, tr.target, tr.objective):
                 for k, v in part.state_dict().items():
+                    if not v.numel():  # an empty buffer (e.g. no staged bank keys) holds nothing
+                        continue
                     h.update(k.encode())
                     h.update(v.detach().cpu().contiguous().numpy().tobytes())
             sums[name] = h.hexdigest()[:16]

@@ -34,7 +34,7 @@ objective = Objective("byol", "loss", dim=256)
 views = MultiViewTransform(image_size=32, blur_p=[1.0, 0.1], solarize_p=[0.0, 0.2])
 data = torchvision.datasets.ImageFolder(args.data, transform=views)
 loader = DataLoader(data, args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers)
-params = [*encoder.parameters(), *predictor.parameters()]
+params = [*encoder.parameters(), *predictor.parameters(), *objective.parameters()]
 opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
 momentum = cosine_momentum(0.99, 1.0, args.steps)
 
@@ -47,6 +47,7 @@ while step < args.steps:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        objective.after_step()  # sample-set update after the step (bank keys)
         target.update(encoder, float(momentum[step]), step + 1)
         step += 1
         print(f"step {step}: loss {loss.item():.4f}")

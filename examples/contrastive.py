@@ -30,7 +30,8 @@ objective = Objective("simclr", "loss", dim=128, tau=0.2)  # stateless: nothing 
 
 data = torchvision.datasets.ImageFolder(args.data, transform=MultiViewTransform(image_size=32))
 loader = DataLoader(data, args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers)
-opt = torch.optim.SGD(encoder.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+params = [*encoder.parameters(), *objective.parameters()]  # the objective's: learnable loss parts
+opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
 
 step = 0
 while step < args.steps:
@@ -39,6 +40,7 @@ while step < args.steps:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        objective.after_step()  # sample-set update after the step (bank keys)
         step += 1
         print(f"step {step}: NT-Xent {loss.item():.4f}")
         if step == args.steps:

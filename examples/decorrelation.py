@@ -31,7 +31,8 @@ objective = Objective("barlow_twins", "grad", "f", dim=1024)  # lambda 0.005 (`u
 
 data = torchvision.datasets.ImageFolder(args.data, transform=MultiViewTransform(image_size=32))
 loader = DataLoader(data, args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers)
-opt = torch.optim.SGD(encoder.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+params = [*encoder.parameters(), *objective.parameters()]  # the objective's: learnable loss parts
+opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 step = 0
 while step < args.steps:
@@ -40,6 +41,7 @@ while step < args.steps:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        objective.after_step()  # sample-set update after the step (bank keys)
         step += 1
         stats = ", ".join(f"{k} {v.item():.3f}" for k, v in objective.stats.items())
         print(f"step {step}: {stats}")

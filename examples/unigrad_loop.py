@@ -31,7 +31,8 @@ objective = Objective("unigrad", "grad", dim=512)  # lambda, rho: defaults (see 
 views = MultiViewTransform(image_size=32)  # PIL image -> [view0, view1], each [3, 32, 32]
 data = torchvision.datasets.ImageFolder(args.data, transform=views)
 loader = DataLoader(data, args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers)
-opt = torch.optim.SGD(encoder.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+params = [*encoder.parameters(), *objective.parameters()]  # the objective's: learnable loss parts
+opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
 momentum = cosine_momentum(0.99, 1.0, args.steps)  # per-step EMA momentum, [steps]
 
 step = 0
@@ -43,6 +44,7 @@ while step < args.steps:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        objective.after_step()  # sample-set update after the step (bank keys)
         target.update(encoder, float(momentum[step]), step + 1)  # EMA after the optimiser step
         step += 1
         print(f"step {step}: positive cosine {objective.stats['pos_sim']:.3f}")

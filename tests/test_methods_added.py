@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from conftest import TINY
 from torch import nn
 
-from unigrad.core.objective import Mix, Objective, Step
+from unigrad.core.objective import Mix, Objective
 from unigrad.core.spec import TAU, Form, MethodSpec
 from unigrad.core.targets import TargetOut
+from unigrad.core.term import Step
 from unigrad.methods import METHODS, register
 from unigrad.methods.contrastive import InfoNCE
 from unigrad.methods.nnclr import nearest
@@ -151,7 +152,7 @@ class LearnedTemperature(InfoNCE):
         return {"log_tau": _Scalar(float(torch.log(torch.tensor(hp["tau"]))))}
 
     def pair(self, step: Step, i, u, pos):
-        tau = step.objective.parts["log_tau"].value.exp()
+        tau = step.parts["log_tau"].value.exp()
         negs, mask = self.negatives(step, i)
         logits = torch.cat(
             [(u * pos).sum(-1, keepdim=True), (u @ negs.T).masked_fill(mask, -1e9)], 1
@@ -177,7 +178,15 @@ def test_learnable_objective_parameters_train_and_are_checkpointed(tmp_path, tin
             description="InfoNCE with a learned temperature",
             target="shared",
             predictor="none",
-            loss=Form("loss", "loss", "", "l2", "-u2/tau", "softmax", LearnedTemperature("loss")),
+            loss=Form(
+                key="loss",
+                kind="loss",
+                row="",
+                norm="l2",
+                pos_grad="-u2/tau",
+                neg_grad="softmax",
+                term=LearnedTemperature("loss"),
+            ),
             params={"tau": TAU},
         ),
         replace=True,

@@ -5,6 +5,9 @@ The public API, for one's own training loop (README: "Use unigrad in your own tr
 - objective: :class:`Objective` (loss or gradient form of any method; owns the sample set, e.g.
   F or the memory bank, as buffers), :class:`TargetOut`, :data:`METHODS`, :func:`get_method`,
   :func:`register` (add a method);
+- a method of one's own: :class:`MethodSpec` (its forms and hyperparameters), :class:`Form` (a
+  loss form or Table 2 row), :class:`Term` (its positive and negative terms, computed from a
+  :class:`Step`), :class:`Param` (one hyperparameter: default, check, doc);
 - target branch: :class:`TargetBranch` (shared, stop-gradient, momentum, snapshot) with its EMA
   update, :func:`cosine_momentum`;
 - networks: :func:`mlp` (projector / predictor heads), :func:`make_backbone` (a backbone by name:
@@ -20,7 +23,9 @@ The public API, for one's own training loop (README: "Use unigrad in your own tr
 
 from unigrad.config import Config, make_config
 from unigrad.core.objective import Mix, Objective
+from unigrad.core.spec import Form, MethodSpec, Param
 from unigrad.core.targets import TargetBranch, TargetOut, cosine_momentum
+from unigrad.core.term import Step, Term
 from unigrad.data.augment import (
     AugmentSpec,
     FastAugment,
@@ -39,11 +44,16 @@ __all__ = [
     "AugmentSpec",
     "Config",
     "FastAugment",
+    "Form",
+    "MethodSpec",
     "Mix",
     "MultiViewTransform",
     "Objective",
+    "Param",
+    "Step",
     "TargetBranch",
     "TargetOut",
+    "Term",
     "Trainer",
     "UserError",
     "ViewsDataset",

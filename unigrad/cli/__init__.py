@@ -31,6 +31,7 @@ def _methods(p: argparse.ArgumentParser) -> None:
     )
 
     def run(a: argparse.Namespace) -> int:
+        from unigrad.experiments.rows import row_label
         from unigrad.methods import METHODS
 
         if a.json:
@@ -42,9 +43,7 @@ def _methods(p: argparse.ArgumentParser) -> None:
         )
         for spec in METHODS.values():
             for f in spec.all_forms():
-                row = f.row or ("-" if f.kind == "loss" else f.key)
-                if f.kind == "grad" and f.key == spec.default_grad:
-                    row += "*"
+                row = row_label(f, spec)
                 print(
                     f"{spec.name:<13} {f.kind:<5} {row:<8} {spec.target:<9} {f.norm:<5} "
                     f"{f.sample_set:<6} {f.balance_text(a.dim):<11} {f.pos_grad:<24} {f.neg_grad}"

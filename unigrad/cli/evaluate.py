@@ -140,13 +140,13 @@ def _knn(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=_positive(float), default=0.1)
 
     def run(a: argparse.Namespace) -> int:
-        from unigrad.eval.features import knn_eval
+        from unigrad.eval.protocol import knn_scores
 
         s = Session(a)
         train, test, classes = s.splits()
         bank, bank_y = s.features(train)
         q, q_y = s.features(test)
-        r = knn_eval(bank, bank_y, q, q_y, a.k, a.temperature, num_classes=classes or None)
+        r = knn_scores(bank, bank_y, q, q_y, k=a.k, t=a.temperature, num_classes=classes or None)
         if r["k"] < a.k:
             s.note(f"k={a.k} is more than the {r['n_train']} training images; used k={r['k']}")
         s.emit(r, _summary(f"kNN (k={r['k']}, t={a.temperature})", r, a.split))
@@ -172,8 +172,8 @@ def _linear(p: argparse.ArgumentParser) -> None:
     def run(a: argparse.Namespace) -> int:
         import torch
 
-        from unigrad.eval.features import accuracy
-        from unigrad.eval.linear import train_linear, train_linear_augmented, train_transform
+        from unigrad.eval.linear import train_linear_augmented, train_transform
+        from unigrad.eval.protocol import head_accuracy, linear_scores
 
         torch.manual_seed(a.seed)
         s = Session(a)
@@ -188,16 +188,16 @@ def _linear(p: argparse.ArgumentParser) -> None:
                 progress=s.progress,
                 **kw,
             )
-            n_train = len(train)
+            q, q_y = s.features(test)
+            r = {**head_accuracy(head, q, q_y), "n_train": len(train), "n_eval": q.shape[0]}
         else:
             train, test, classes = s.splits()
             f, y = s.features(train)
-            classes = classes or int(y.max()) + 1
-            head = train_linear(f, y, classes, seed=a.seed, progress=s.progress, **kw)
-            n_train = f.shape[0]
-        q, q_y = s.features(test)
-        with torch.no_grad():
-            r = {**accuracy(head(q), q_y), "n_train": n_train, "n_eval": q.shape[0]}
+            q, q_y = s.features(test)
+            n_cls = classes or int(y.max()) + 1
+            r = linear_scores(
+                f, y, q, q_y, seed=a.seed, num_classes=n_cls, progress=s.progress, **kw
+            )
         r.update(epochs=a.epochs, augment=a.augment)
         s.emit(r, _summary(f"linear probe ({a.epochs} epochs)", r, a.split))
         return 0
@@ -228,25 +228,22 @@ def _semisup(p: argparse.ArgumentParser) -> None:
         import torch
         from torch.utils.data import Subset
 
-        from unigrad.eval.features import accuracy, extract_features
-        from unigrad.eval.linear import class_balanced_subset, finetune, train_transform
+        from unigrad.eval.linear import train_transform
+        from unigrad.eval.protocol import (
+            check_semisup_request,
+            finetune_scores,
+            semisup_epochs,
+            semisup_subset,
+        )
 
-        if (a.fraction is None) == (a.indices is None):
-            raise UserError("pass --fraction (e.g. 0.01 for 1% of the labels) or --indices FILE")
-        if a.fraction is not None and not 0 < a.fraction <= 1:
-            raise UserError(f"--fraction must be in (0, 1], got {a.fraction} (e.g. 0.01 for 1%)")
+        check_semisup_request(a.fraction, a.indices is not None)
         torch.manual_seed(a.seed)
         s = Session(a)
         train, test, classes = s.splits(train_transform(s.image_size))
         targets = getattr(train, "targets", None)  # ImageFolder, CIFAR; STL10 has .labels
         labels = torch.as_tensor(targets if targets is not None else train.labels)
-        if a.indices:
-            idx = _load_indices(a.indices, len(train))
-        else:
-            idx = class_balanced_subset(labels, a.fraction, a.seed)
-        if len(idx) < 2:
-            raise UserError(f"the label subset has {len(idx)} image; raise --fraction")
-        fraction = a.fraction or len(idx) / len(train)
+        given = _load_indices(a.indices, len(train)) if a.indices is not None else None
+        idx, fraction = semisup_subset(labels, fraction=a.fraction, indices=given, seed=a.seed)
         out = _subset_file(a, fraction)
         record: dict[str, Any] = {"fraction": fraction, "seed": a.seed, "indices": idx}
         if hasattr(train, "samples"):
@@ -254,10 +251,11 @@ def _semisup(p: argparse.ArgumentParser) -> None:
             record["files"] = [str(Path(train.samples[i][0]).relative_to(root)) for i in idx]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record))
-        epochs = a.epochs or (60 if fraction < 0.1 else 30)
-        model = finetune(
+        epochs = a.epochs or semisup_epochs(fraction)
+        scores = finetune_scores(
             s.backbone,
             s.loader(Subset(train, idx), train=True),
+            s.loader(test),
             classes or int(labels.max()) + 1,
             s.device,
             epochs=epochs,
@@ -265,9 +263,15 @@ def _semisup(p: argparse.ArgumentParser) -> None:
             head_lr=a.head_lr,
             progress=s.progress,
         )
-        logits, q_y = extract_features(model, s.loader(test), s.device, progress=s.progress)
-        r = {**accuracy(logits, q_y), "n_train": len(idx), "n_eval": len(q_y)}
-        r.update(fraction=fraction, epochs=epochs, indices_file=str(out))
+        r = {
+            "top1": scores["top1"],
+            "top5": scores["top5"],
+            "n_train": len(idx),
+            "n_eval": scores["n_eval"],
+            "fraction": fraction,
+            "epochs": epochs,
+            "indices_file": str(out),
+        }
         out.write_text(json.dumps({**record, "result": r}))
         s.emit(r, _summary(f"fine-tuned on {fraction * 100:.3g}% of the labels", r, a.split))
         return 0

@@ -57,9 +57,9 @@ def _pretrain(p: argparse.ArgumentParser) -> None:
         metavar="NAME|FILE",
         help=f"YAML preset ({', '.join(preset_names())}) or file; repeatable, later ones win",
     )
-    p.add_argument(
-        "--method", help="moco, simclr, byol, simsiam, directpred, barlow_twins, vicreg, unigrad"
-    )
+    from unigrad.methods import METHODS
+
+    p.add_argument("--method", help=", ".join(METHODS) + " (`unigrad methods` lists them)")
     p.add_argument("--form", help="loss or grad (default: the method's)")
     p.add_argument(
         "--variant", help="gradient-form row, e.g. f, g, h (Barlow Twins); see `unigrad methods`"

@@ -21,7 +21,7 @@ batch sample sets see the global batch through :mod:`unigrad.core.dist` gathers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,10 +30,11 @@ from torch import nn
 
 from unigrad.core import dist
 from unigrad.core import gradients as G
-from unigrad.core import losses as L
+from unigrad.core.registry import get_method
 from unigrad.core.samples import CorrelationEMA, MemoryBank
 from unigrad.core.spec import Form, HyperparameterError, MethodSpec
 from unigrad.core.targets import TargetOut
+from unigrad.core.term import Step
 
 SYMMETRIES = ("sym", "asym", "asym2x")
 
@@ -107,71 +108,12 @@ def check_parts(
         raise HyperparameterError("cutmix needs corr_source=target (F from unmixed embeddings)")
 
 
-@dataclass
-class Step:
-    """One step's inputs as the terms see them (fp32), with the normalisation helpers."""
-
-    objective: Objective
-    online: list[torch.Tensor]  # projector outputs z [N, C] per view (global views first)
-    targets: TargetOut  # target outputs of the global views
-    pred: list[torch.Tensor] | None  # predictor outputs [N, C] per view
-    pairs: list[tuple[int, list[int]]]
-    hp: dict[str, Any]
-    corr: torch.Tensor | None = None  # F after this step's update [C, C]
-    negatives: torch.Tensor | None = None  # the bank's rows [K, C]
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)
-    cache: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def n_global(self) -> int:
-        return len(self.targets.pos)
-
-    @property
-    def global_pairs(self) -> list[tuple[int, list[int]]]:
-        return [(i, js) for i, js in self.pairs if i < self.n_global]
-
-    def norm(self, z: torch.Tensor) -> torch.Tensor:
-        """Normalised rows of this rank [N, C] (batch statistics from the global batch)."""
-        o = self.objective
-        if o.form.norm == "bn":
-            return self.glob(z)[dist.local_slice(z.shape[0])]
-        return F.normalize(z, dim=-1) if o.form.norm == "l2" else z
-
-    def glob(self, z: torch.Tensor) -> torch.Tensor:
-        """Normalised embeddings of the global batch [W*N, C]."""
-        full = dist.gather_with_grad(z) if z.requires_grad else dist.gather_no_grad(z)
-        norm = self.objective.form.norm
-        if norm == "bn":
-            return L.batch_standardize(full)
-        return F.normalize(full, dim=-1) if norm == "l2" else full
-
-    def batch_set(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch sample set of online view ``i``: (online v1, target v2) of the global batch,
-        detached and normalised, [M, C] each. A global view's set is its own pair (view i and
-        its target view); a local view's is the union of the global pairs' sets."""
-        pairs = [(a, js) for a, js in self.global_pairs if a == i] or self.global_pairs
-        key = ("batch_set", tuple(a for a, _ in pairs))
-        if key not in self.cache:
-            v1 = torch.cat([self.glob(self.online[a].detach()) for a, _ in pairs])
-            v2 = torch.cat([self.glob(self.targets.neg[js[0]].detach()) for _, js in pairs])
-            self.cache[key] = (v1, v2)
-        return self.cache[key]
-
-    def same_image_mask(self, blocks: int) -> torch.Tensor:
-        """[N, blocks * W*N] mask (True = excluded) of the entries that show this rank's images
-        in a set made of ``blocks`` global views: an anchor's own entry and its positives."""
-        n = self.online[0].shape[0]
-        n_glob = n * dist.world_size()
-        rows = torch.arange(n, device=self.online[0].device) + dist.rank() * n
-        cols = torch.arange(blocks * n_glob, device=rows.device) % n_glob
-        return cols[None, :] == rows[:, None]
-
-
 class Objective(nn.Module):
     """Loss of one method in one form, with its sample-set state as submodules.
 
     Args:
-        method: a name in :data:`unigrad.methods.METHODS` (or a :class:`MethodSpec`).
+        method: a registered name (:data:`unigrad.core.registry.METHODS`, ``unigrad methods``)
+            or a :class:`MethodSpec` built in one's own code.
         form: ``loss`` or ``grad`` (default: the method's).
         variant: gradient-form row (e.g. ``f``, ``g``, ``h`` for Barlow Twins).
         dim: embedding width C.
@@ -184,8 +126,9 @@ class Objective(nn.Module):
             default. An unknown or invalid one raises with its name.
 
     State (move the objective to the device, save its ``state_dict()`` with the model's):
-    ``bank`` (memory bank, [K, C]) or ``corr`` (EMA correlation matrix F, [C, C]) where the form
-    uses one, and ``parts`` (learnable or stateful parts of a term; pass
+    ``bank`` (memory bank, [K, C], and ``bank.pending``: the keys of the last call that
+    :meth:`after_step` has not enqueued yet) or ``corr`` (EMA correlation matrix F, [C, C]) where
+    the form uses one, and ``parts`` (learnable or stateful parts of a term; pass
     ``objective.parameters()`` to the optimiser).
     """
 
@@ -203,9 +146,10 @@ class Objective(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(method, str):
-            from unigrad.methods import get_method
-
-            method = get_method(method)
+            try:
+                method = get_method(method)
+            except KeyError as e:
+                raise HyperparameterError(str(e.args[0])) from None
         self.spec = method
         self.method = method.name
         try:
@@ -226,8 +170,8 @@ class Objective(nn.Module):
         self.bank = MemoryBank(int(self.hp["bank_size"]), dim) if s == "bank" else None
         self.corr = CorrelationEMA(dim, float(self.hp["rho"])) if s == "ema" else None
         self.parts = nn.ModuleDict(self.term.modules(dim, self.hp))
-        self._pending: torch.Tensor | None = None
         self.stats: dict[str, torch.Tensor] = {}
+        self.calls = 0  # the step index a term sees when forward() is not given one
 
     @classmethod
     def from_config(cls, cfg: Any) -> Objective:
@@ -254,9 +198,8 @@ class Objective(nn.Module):
         after the optimiser step; ``forward`` also calls it first, so a forgotten call only
         delays the update.
         """
-        if self._pending is not None:
-            self.bank.push(self._pending)
-            self._pending = None
+        if self.bank is not None:
+            self.bank.flush()
 
     def forward(
         self,
@@ -265,6 +208,7 @@ class Objective(nn.Module):
         targets: TargetOut | list[torch.Tensor] | None = None,
         pred: list[torch.Tensor] | None = None,
         mix: Mix | None = None,
+        step: int | None = None,
     ) -> torch.Tensor:
         """The scalar to backpropagate for one step; statistics go to ``self.stats``.
 
@@ -277,6 +221,8 @@ class Objective(nn.Module):
                 target, SimCLR / Barlow Twins / VICReg style).
             pred: predictor outputs [N, C] per view, for methods with a learned predictor.
             mix: CutMix bookkeeping, if the online views were mixed.
+            step: the training step (seen by terms as ``Step.index``, for per-step schedules);
+                default: the number of earlier calls of this objective.
 
         For a gradient form the returned value is a surrogate whose gradient is the paper's
         gradient; its value carries no meaning (log ``self.stats`` instead).
@@ -292,6 +238,13 @@ class Objective(nn.Module):
             targets = more[0] if more else targets
         n_t = target_views(len(views), self.symmetry)
         if targets is None:
+            if self.target_kind != "shared":
+                raise ValueError(
+                    f"{self.method} takes its positives from a {self.target_kind} target branch: "
+                    f"pass targets=target(views, z) of a TargetBranch({self.target_kind!r}, "
+                    "encoder) or targets=[t0, t1]; objective(z0, z1) alone is for a shared "
+                    "target (Objective(..., target='shared') to train this method so)"
+                )
             targets = TargetOut(pos=views[:n_t], neg=views[:n_t])
         elif not isinstance(targets, TargetOut):
             targets = TargetOut(pos=list(targets), neg=list(targets))
@@ -307,13 +260,17 @@ class Objective(nn.Module):
         if self.spec.predictor == "mlp" and pred is None:
             raise ValueError(f"{self.method} needs the predictor outputs: pass pred=[p0, p1, ...]")
         self.after_step()
+        index = self.calls if step is None else int(step)
+        self.calls = index + 1
         step = Step(
-            objective=self,
             online=[_fp32(z) for z in views],
             targets=TargetOut([_fp32(t) for t in targets.pos], [_fp32(t) for t in targets.neg]),
             pred=[_fp32(p) for p in pred] if pred is not None else None,
             pairs=pair_views(len(views), self.symmetry),
             hp=self.hp,
+            normalization=self.form.norm,
+            index=index,
+            parts=self.parts,
         )
         self._update_sets(step)
         step.stats["pos_sim"] = self._pos_sim(step)
@@ -333,7 +290,7 @@ class Objective(nn.Module):
             step.negatives = self.bank.negatives()
             # view by view, so the bank's row order does not depend on the number of ranks
             keys = [dist.gather_no_grad(step.norm(t.detach())) for t in step.targets.neg]
-            self._pending = torch.cat(keys)  # enqueued by after_step()
+            self.bank.stage(torch.cat(keys))  # enqueued by after_step()
 
     @staticmethod
     def _pos_sim(step: Step) -> torch.Tensor:

@@ -6,6 +6,8 @@ whose state lives in buffers, so ``state_dict()`` carries them into checkpoints.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -22,6 +24,7 @@ class MemoryBank(nn.Module):
     queue: torch.Tensor
     ptr: torch.Tensor
     filled: torch.Tensor
+    pending: torch.Tensor
 
     def __init__(self, size: int, dim: int) -> None:
         super().__init__()
@@ -30,6 +33,8 @@ class MemoryBank(nn.Module):
         self.register_buffer("queue", torch.zeros(size, dim))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        # keys staged by a step, enqueued by flush() once its backward no longer needs the queue
+        self.register_buffer("pending", torch.zeros(0, dim))
         # host-side copies of ptr/filled: reading the buffers would sync with the GPU each step
         self._ptr = self._filled = 0
         self.register_load_state_dict_post_hook(lambda m, _: m._sync_host())
@@ -44,6 +49,25 @@ class MemoryBank(nn.Module):
     def negatives(self) -> torch.Tensor:
         """The valid rows, [min(filled, K), C] (a view: clone before an in-place push)."""
         return self.queue if self._filled >= self.size else self.queue[: self._filled]
+
+    def stage(self, keys: torch.Tensor) -> None:
+        """Hold keys [M, C] until :meth:`flush` (they are state: ``pending`` in the state dict).
+        Call it after :meth:`flush` (the objective does); staged keys are replaced."""
+        self.pending = keys.detach()
+
+    def flush(self) -> None:
+        """Enqueue the staged keys, if any."""
+        if self.pending.shape[0]:
+            self.push(self.pending)
+            self.pending = self.pending.new_zeros(0, self.queue.shape[1])
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        key = prefix + "pending"
+        if key in state_dict:  # a state dict's staged keys may have any count
+            self.pending = torch.empty_like(state_dict[key], device=self.queue.device)
+        else:  # written before staged keys were state: none
+            state_dict[key] = self.queue.new_zeros(0, self.queue.shape[1])
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @torch.no_grad()
     def push(self, keys: torch.Tensor) -> None:

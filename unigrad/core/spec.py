@@ -1,5 +1,6 @@
 """A method as data: its hyperparameters (:class:`Param`), its forms (:class:`Form`, a loss form
-or a Table 2 row) and the computation behind each form (:class:`Term`).
+or a Table 2 row, holding the :class:`~unigrad.core.term.Term` that computes it) and the method
+itself (:class:`MethodSpec`). Pure data: nothing here runs a step or knows the registry.
 
 Every hyperparameter has one home, a :class:`Param` with its default, its check and its
 documentation; a method lists the ones it takes, and :meth:`MethodSpec.resolve` returns the
@@ -19,19 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-from torch import nn
+from unigrad.core.errors import HyperparameterError
+from unigrad.core.term import Term
 
-if TYPE_CHECKING:
-    from unigrad.core.objective import Step
+__all__ = ["REFERENCE_DIM", "Form", "HyperparameterError", "MethodSpec", "Param"]
 
 REFERENCE_DIM = 2048
-
-
-class HyperparameterError(ValueError):
-    """An invalid or inapplicable hyperparameter; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -91,54 +87,16 @@ CORR_SOURCE = Param(
 )
 
 
-@dataclass(frozen=True)
-class Term:
-    """How a form computes its positive and negative terms from one step's views and sample set.
-
-    ``scope``: ``pair`` terms are called once per (online view, positive) pair and return the
-    loss of that direction (loss forms) or its gradient g [N, C] w.r.t. the anchors (gradient
-    forms); ``batch`` terms compute one loss over the whole (global) batch and take exactly the
-    two global views. ``sets``: the sample sets the term can draw its negatives from (the first
-    is its default). A subclass overrides :meth:`pair` or :meth:`batch`, and optionally
-    :meth:`prepare` (per-step quantities), :meth:`positive` (a transform of the positives) and
-    :meth:`modules` (stateful or learnable parts, kept by the objective).
-    """
-
-    kind: str  # "loss" | "grad"
-    scope: str = "pair"
-    sets: tuple[str, ...] = ("none",)
-
-    def with_set(self, sample_set: str) -> Term:
-        if sample_set not in self.sets:
-            raise HyperparameterError(
-                f"sample_set {sample_set!r} does not apply to this form; it takes "
-                f"{' or '.join(self.sets)}"
-            )
-        return replace(self, sets=(sample_set, *tuple(s for s in self.sets if s != sample_set)))
-
-    @property
-    def sample_set(self) -> str:
-        return self.sets[0]
-
-    def modules(self, dim: int, hp: dict[str, Any]) -> dict[str, nn.Module]:
-        return {}
-
-    def prepare(self, step: Step) -> None:
-        """Once per step, before the pairs (e.g. DirectPred's W_h from F)."""
-
-    def positive(self, step: Step, pos: torch.Tensor) -> torch.Tensor:
-        return pos
-
-    def pair(self, step: Step, i: int, u: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def batch(self, step: Step) -> torch.Tensor:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Form:
-    """One loss form or gradient form (a Table 2 row) of a method, and its :class:`Term`."""
+    """One loss form or gradient form (a Table 2 row) of a method, and its :class:`Term`.
+
+    Keyword fields only: ``key`` (the name ``variant`` selects; ``loss`` for the loss form),
+    ``kind`` (``loss`` | ``grad``), ``row`` (Table 2 letter, "" where the paper has none),
+    ``norm`` (``l2`` | ``bn`` | ``none``: how the objective normalises the embeddings), the
+    table's ``pos_grad`` / ``neg_grad`` text, the ``term``, and the balance factor lambda
+    (``balance``; ``scales_with_dim``: ``balance * C / 2048``).
+    """
 
     key: str
     kind: str  # "loss" | "grad"

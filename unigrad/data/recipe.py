@@ -9,9 +9,10 @@ Table 6) is ``blur_p=[1.0, 0.1]``, ``solarize_p=[0.0, 0.2]``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, fields, make_dataclass
+from typing import Any, get_type_hints
 
+from unigrad.core.section import Section, setting
 from unigrad.errors import UserError
 
 #: The op probabilities that may be given per view (AugmentSpec / Config keys).
@@ -151,3 +152,58 @@ class AugmentSpec:
         """(low, high) of the brightness, contrast, saturation, hue factors (torchvision's)."""
         b, c, s = self.brightness, self.contrast, self.saturation
         return [(max(0.0, 1 - f), 1 + f) for f in (b, c, s)] + [(-self.hue, self.hue)]
+
+
+_AUGMENT_DOCS = {
+    "image_size": "global views' side in px; None: from the data (its side, 224 for large ones)",
+    "crop_scale_min": "random resized crop: smallest area fraction of a global view",
+    "crop_scale_max": "random resized crop: largest area fraction of a global view",
+    "brightness": "colour jitter strength", "contrast": "colour jitter strength",
+    "saturation": "colour jitter strength", "hue": "colour jitter strength (hue shift)",
+    "jitter_p": "probability of colour jitter: one number or one per global view",
+    "gray_p": "probability of grayscale: one number or one per global view",
+    "blur_p": "probability of blur (BYOL's views: [1.0, 0.1])",
+    "solarize_p": "probability of solarize (BYOL's views: [0.0, 0.2])",
+    "multi_crop": "e.g. '2x32,6x16': global views x size, local views x size; '': two views",
+    "local_scale_min": "area fraction range of a local (multi-crop) view",
+    "local_scale_max": "area fraction range of a local (multi-crop) view",
+}  # fmt: skip
+
+
+def _check_augment(self: Any) -> None:
+    """The recipe's ranges, and :class:`AugmentSpec`'s own checks (probabilities, multi_crop)."""
+    if self.image_size is not None and self.image_size < 8:
+        raise UserError(f"image_size must be >= 8 (or null: from the data), got {self.image_size}")
+    if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
+        raise UserError("need 0 < crop_scale_min <= crop_scale_max <= 1")
+    if not 0 < self.local_scale_min <= self.local_scale_max <= 1:
+        raise UserError("need 0 < local_scale_min <= local_scale_max <= 1")
+    AugmentSpec.from_config(self)
+
+
+def _augment_fields() -> list[tuple[str, Any, Any]]:
+    """:class:`AugmentSpec`'s fields as config keys (``n_global`` follows ``symmetry``), with
+    ``image_size`` None (from the data) and the probabilities typed loosely (one or a list)."""
+    hints = get_type_hints(AugmentSpec)
+    out: list[tuple[str, Any, Any]] = []
+    for f in fields(AugmentSpec):
+        if f.name == "n_global":
+            continue
+        doc = _AUGMENT_DOCS[f.name]
+        if f.name == "image_size":
+            out.append((f.name, int | None, setting(None, doc, "baseline")))
+        else:
+            out.append(
+                (f.name, Any if f.name in PROB_KEYS else hints[f.name], setting(f.default, doc))
+            )
+    out.append(("cutmix", bool, setting(False, "CutMix the online views (momentum target)")))
+    return out
+
+
+#: The ``augment`` section of the configuration: :class:`AugmentSpec`'s keys and ``cutmix``.
+AugmentConfig = make_dataclass(
+    "AugmentConfig",
+    _augment_fields(),
+    bases=(Section,),
+    namespace={"name": "augment", "check": _check_augment, "__module__": __name__},
+)

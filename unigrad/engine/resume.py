@@ -19,27 +19,14 @@ from typing import Any
 
 import torch
 
+from unigrad.config import keys_tagged
 from unigrad.core import dist
 from unigrad.engine import checkpoint as ckpt
 from unigrad.errors import UserError
 
-#: Config keys that must match for ``--resume`` to continue a run (architecture and method).
-ARCH_KEYS = (
-    "method",
-    "form",
-    "variant",
-    "target",
-    "backbone",
-    "width",
-    "cifar_stem",
-    "proj_depth",
-    "proj_dim",
-    "proj_hidden",
-    "pred_hidden",
-    "norm",
-    "batch_size",
-    "seed",
-)
+#: Config keys that must match for ``--resume`` to continue a run (architecture and method):
+#: the fields tagged ``arch`` in their section.
+ARCH_KEYS = keys_tagged("arch")
 
 
 def _float_tensors(obj: Any) -> list[torch.Tensor]:
@@ -80,11 +67,8 @@ def good_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def lock_run_dir(out: Path) -> Any:
-    """Take ``out/.lock`` (an OS lock, released when the process ends, however it ends) and
-    write this process's PID into it; a UserError naming the holder if another process has it."""
-    out.mkdir(parents=True, exist_ok=True)
-    f = open(out / ".lock", "a+")  # noqa: SIM115 - held for the life of the run
+def _take(f: Any, out: Path) -> None:
+    """flock ``f`` (the open ``out/.lock``), or close it and raise naming the PID inside."""
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -95,6 +79,22 @@ def lock_run_dir(out: Path) -> Any:
             f"{out} is in use by another unigrad process (PID {pid}); wait for it to end, "
             "stop it, or choose another --out"
         ) from None
+
+
+def refuse_if_locked(out: Path) -> None:
+    """A UserError naming the holder if another process holds ``out/.lock``; writes nothing
+    (so a run in use is refused before any work, and :func:`lock_run_dir` takes it later)."""
+    if (out / ".lock").is_file():
+        with open(out / ".lock") as f:
+            _take(f, out)  # released when the file closes
+
+
+def lock_run_dir(out: Path) -> Any:
+    """Take ``out/.lock`` (an OS lock, released when the process ends, however it ends) and
+    write this process's PID into it; a UserError naming the holder if another process has it."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / ".lock", "a+")  # noqa: SIM115 - held for the life of the run
+    _take(f, out)
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")

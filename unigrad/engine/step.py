@@ -43,7 +43,7 @@ def train_step(
         with timer("target forward"):
             targets = parts.target(views[:n_target], z[:n_target])
         with timer("loss + sample set"):
-            loss = parts.objective(z, targets=targets, pred=p, mix=mix)
+            loss = parts.objective(z, targets=targets, pred=p, mix=mix, step=step)
             stats = dict(parts.objective.stats)
     with timer("backward"):
         parts.optimizer.zero_grad(set_to_none=True)

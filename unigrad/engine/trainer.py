@@ -13,10 +13,10 @@ to resume from in :mod:`unigrad.engine.resume`.
 
 from __future__ import annotations
 
-import copy
 import random
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +26,27 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from unigrad.config import Config, save_config
+from unigrad.config import Config, check_config, save_config
 from unigrad.core import dist
 from unigrad.core.objective import target_views
 from unigrad.data.pipeline import TrainData, build_train_data
 from unigrad.engine import checkpoint as ckpt
 from unigrad.engine.callbacks import Callback, Interrupted, default_callbacks
 from unigrad.engine.device import select_device
-from unigrad.engine.evaluation import random_init_backbone, scores
 from unigrad.engine.loop import run_loop
 from unigrad.engine.parts import RunParts, build_parts
 from unigrad.engine.profiling import NullTimer
-from unigrad.engine.resume import all_finite, find_resume_state, good_checkpoint, lock_run_dir
+from unigrad.engine.resume import (
+    all_finite,
+    find_resume_state,
+    good_checkpoint,
+    lock_run_dir,
+    refuse_if_locked,
+)
 from unigrad.engine.runlog import RunLog
 from unigrad.engine.step import train_step
 from unigrad.errors import UserError
+from unigrad.eval.protocol import evaluate_features, random_init_backbone
 from unigrad.models.networks import CUSTOM
 
 __all__ = ["Interrupted", "Trainer"]
@@ -94,7 +100,9 @@ class Trainer:
         val_data: Dataset | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
-        cfg = copy.deepcopy(cfg)
+        # a checked copy, as make_config checks (also for a Config built directly); the
+        # backbone's name does not apply when a module is given
+        cfg = check_config(replace(cfg, backbone="resnet18") if backbone is not None else cfg)
         if backbone is not None:
             cfg.backbone = CUSTOM
         self.cfg = cfg
@@ -102,6 +110,8 @@ class Trainer:
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out} is a file, not a directory; choose another --out")
         self.distributed = dist.setup_from_env()
+        if dist.is_main():
+            refuse_if_locked(self.out)  # before any work; fit() takes the lock
         self.device = select_device(cfg.device)
         world = dist.world_size()
         if cfg.batch_size % world:
@@ -257,17 +267,43 @@ class Trainer:
             self.close()
 
     # ------------------------------------------------------------------ evaluation
+    def _scores(self, backbone: nn.Module, final: bool, prefix: str = "") -> dict[str, float]:
+        """The evaluation protocol (:mod:`unigrad.eval.protocol`) on the eval split's features;
+        the linear probe only at the end. {} without an eval split."""
+        feats = self.data.features(backbone)
+        if feats is None:
+            return {}
+        c = self.cfg
+        return evaluate_features(
+            *feats,
+            k=c.knn_k,
+            t=c.knn_t,
+            linear_epochs=c.final_linear_epochs if final else 0,
+            seed=c.seed,
+            prefix=prefix,
+            train_split=c.train_split,
+            eval_split=c.eval_split,
+        )
+
     def evaluate(self, final: bool) -> dict[str, float]:
         """kNN monitor on the eval split (rank 0); at the end optionally a linear probe on the
         same features and the random-init baseline."""
         if not dist.is_main():
             return {}
-        linear = final and self.cfg.final_linear_epochs > 0
-        out = scores(self.data, self.model.encoder.backbone, self.cfg, linear)
+        out = self._scores(self.model.encoder.backbone, final)
         if final and self.cfg.knn_baseline and out:
-            init = random_init_backbone(self.cfg, self.device)
+            c = self.cfg
+            init = random_init_backbone(
+                c.backbone,
+                c.width,
+                c.cifar_stem,
+                image_size=c.image_size,
+                norm=c.norm,
+                seed=c.seed,
+                device=self.device,
+            )
             if init is not None:  # None: a custom module, which the config cannot rebuild
-                out.update(scores(self.data, init, self.cfg, linear, "init_"))
+                out.update(self._scores(init, final, "init_"))
         self.log_metrics(out)
         if out:
             epoch = self.step / self.steps_per_epoch

@@ -12,11 +12,12 @@ A grid file (``unigrad/grids/*.yaml``, or any user file of the same shape)::
     product:                     # optional cartesian product applied to every run
       target: [stopgrad, momentum]
 
-Runs go one after another. A finished run (``RUN/result.json``) is skipped (with a warning
-naming each training setting it differs in from the grid now); an interrupted one
-(``RUN/last.ckpt``) is resumed. ``results.csv`` holds one row per run, ``results.md`` the mean
-± std over seeds in the shape of the paper's Table 2 / Table 3, followed by the spreads that say
-whether a difference between two rows means anything (:func:`spread_summary`).
+Runs go one after another (:mod:`unigrad.experiments.runner` trains them). A finished run
+(``RUN/result.json``) is skipped (with a warning naming each training setting it differs in from
+the grid now); an interrupted one (``RUN/last.ckpt``) is resumed. ``results.csv`` holds one row
+per run, ``results.md`` the mean ± std over seeds in the shape of the paper's Table 2 / Table 3,
+followed by the spreads that say whether a difference between two rows means anything
+(:func:`spread_summary`).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unigrad.config import KEYS, build_config, load_yaml, shipped
+from unigrad.config import KEYS, build_config, keys_tagged, load_yaml, shipped
 from unigrad.errors import UserError
+from unigrad.experiments.rows import row_label
 from unigrad.methods import get_method
 
 GRID_KEYS = {"name", "description", "preset", "base", "seeds", "runs", "product"}
@@ -129,7 +131,7 @@ def describe(cfg: Any) -> dict[str, Any]:
     return {
         "method": cfg.method,
         "form": form.kind,
-        "row": form.row or ("-" if form.kind == "loss" else form.key),
+        "row": row_label(form),
         "target": cfg.target or spec.target,
         "norm": form.norm,
         "pos_grad": form.pos_grad,
@@ -139,12 +141,9 @@ def describe(cfg: Any) -> dict[str, Any]:
     }
 
 
-# What the random-init baseline of a run depends on: the backbone's initialisation and the
-# evaluation protocol. Runs that agree on these share one baseline, evaluated once.
-BASELINE_KEYS = (
-    "seed", "backbone", "width", "cifar_stem", "image_size", "norm",
-    "data", "dataset", "eval_split", "knn_k", "knn_t", "final_linear_epochs",
-)  # fmt: skip
+#: What the random-init baseline of a run depends on (fields tagged ``baseline``): the backbone's
+#: initialisation and the evaluation protocol. Runs that agree on these share one baseline.
+BASELINE_KEYS = keys_tagged("baseline")
 
 
 def baseline_key(cfg: Any) -> tuple[Any, ...]:
@@ -273,7 +272,7 @@ def spread_summary(rows: list[dict[str, Any]]) -> list[str]:
             and hs[0]["form"] == "grad"
             and hs[0]["method"] == r["method"]
             and hs[0]["target"] == r["target"]
-            and hs[0]["row"] == (ref.row or ref.key)
+            and hs[0]["row"] == row_label(ref)
         ]
         for h in twin:
             d = means[g] - means[h]
@@ -375,12 +374,9 @@ def mixed_precision_warning(rows: list[dict[str, Any]]) -> str | None:
 
 # Keys that do not change what a run learns (paths, logging, system); `amp` is left to
 # mixed_precision_warning, which reads the precision each run recorded.
-_NOT_TRAINING = {
-    "out", "data", "dataset", "download", "fallback_dataset", "workers", "pipeline", "bad_images",
-    "device", "amp", "amp_resolved", "amp_measured", "channels_last", "compile", "log_every",
-    "knn_every", "knn_baseline", "diag_every", "probe_size", "ckpt_every", "keep_epoch_ckpts",
-    "tensorboard", "hparams", "target", "form", "variant",
-}  # fmt: skip
+#: Not what a run learns from (fields tagged ``untrained``: paths, logging, speed); form,
+#: target and hparams are compared as resolved instead.
+_NOT_TRAINING = set(keys_tagged("untrained"))
 
 
 def _training_settings(cfg: Any) -> dict[str, Any]:

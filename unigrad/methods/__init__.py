@@ -1,9 +1,10 @@
-"""The method registry: name -> :class:`unigrad.core.spec.MethodSpec`.
+"""The built-in methods: one module per family, each listing its specs in ``METHODS``.
 
-Each module of this package is one family and lists its specs in ``METHODS``; every module is
-loaded here, so adding a method is adding a file (or calling :func:`register` from user code).
-The order of the table (``unigrad methods``) is the paper's: contrastive, asymmetric,
-decorrelation, UniGrad, then the methods added after it.
+Importing this package loads every module of it into the registry that the core owns
+(:mod:`unigrad.core.registry`: :data:`METHODS`, :func:`register`, :func:`get_method`, re-exported
+here), so adding a method is adding a file (or calling :func:`register` from user code). The
+order of the table (``unigrad methods``) is the paper's: contrastive, asymmetric, decorrelation,
+UniGrad, then the methods added after it.
 """
 
 from __future__ import annotations
@@ -11,26 +12,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from unigrad.core.spec import MethodSpec
+from unigrad.core.registry import METHODS, get_method, register
 
-METHODS: dict[str, MethodSpec] = {}
+__all__ = ["METHODS", "get_method", "register"]
 
 _PAPER_ORDER = ("contrastive", "asymmetric", "decorrelation", "unigrad")
-
-
-def register(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
-    """Add a method to the registry (CLI, grids, ``Objective(name)`` then know it)."""
-    if spec.name in METHODS and not replace:
-        raise ValueError(f"method {spec.name!r} is already registered")
-    METHODS[spec.name] = spec
-    return spec
-
-
-def get_method(name: str) -> MethodSpec:
-    """The registered :class:`~unigrad.core.spec.MethodSpec` called ``name`` (KeyError if none)."""
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
 
 
 def _load() -> None:
@@ -38,7 +24,7 @@ def _load() -> None:
     ordered = [n for n in _PAPER_ORDER if n in names] + sorted(set(names) - set(_PAPER_ORDER))
     for name in ordered:
         for spec in getattr(importlib.import_module(f"{__name__}.{name}"), "METHODS", []):
-            register(spec)
+            register(spec, replace=METHODS.get(spec.name) is spec)
 
 
 _load()

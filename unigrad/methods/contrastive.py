@@ -13,8 +13,8 @@ import torch
 
 from unigrad.core import gradients as G
 from unigrad.core import losses as L
-from unigrad.core.objective import Step
-from unigrad.core.spec import BANK_SIZE, TAU, Form, MethodSpec, Term
+from unigrad.core.spec import BANK_SIZE, TAU, Form, MethodSpec
+from unigrad.core.term import Step, Term
 
 
 @dataclass(frozen=True)
@@ -24,12 +24,13 @@ class InfoNCE(Term):
     ``keys``: with the batch set, ``all`` contrasts against every global target view (SimCLR's
     2N), ``pair`` against the pair's own target view (MoCo v3's N). Entries that show the
     anchor's own image are masked (the positive enters once, through ``pos``). With the bank set
-    the negatives are the bank's rows. ``scale``: ``2tau`` multiplies the loss by 2 tau (MoCo v3).
+    the negatives are the bank's rows. ``tau_scale``: when non-zero the loss (or gradient) is
+    multiplied by ``tau_scale * tau`` (MoCo v3: 2, its loss is 2 tau InfoNCE); 0 leaves it as is.
     """
 
     sets: tuple[str, ...] = ("batch", "bank")
     keys: str = "all"
-    scale: str = ""
+    tau_scale: float = 0.0
 
     def negatives(self, step: Step, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(negatives [K, C], mask [N, K] or None) of online view ``i``."""
@@ -52,7 +53,7 @@ class InfoNCE(Term):
     def pair(self, step: Step, i: int, u: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         negs, mask = self.negatives(step, i)
         tau = step.hp["tau"]
-        mult = 2.0 * tau if self.scale == "2tau" else 1.0
+        mult = self.tau_scale * tau if self.tau_scale else 1.0
         if self.kind == "loss":
             return mult * L.info_nce(u, pos, negs, tau, mask)
         return mult * G.grad_infonce(u, pos, negs, tau, mask)
@@ -83,23 +84,23 @@ MOCO = MethodSpec(
     target="momentum",
     predictor="none",
     loss=Form(
-        "loss",
-        "loss",
-        "",
-        "l2",
-        "InfoNCE (eq. 1)",
-        "bank softmax",
-        InfoNCE("loss", sets=("bank", "batch")),
+        key="loss",
+        kind="loss",
+        row="",
+        norm="l2",
+        pos_grad="InfoNCE (eq. 1)",
+        neg_grad="bank softmax",
+        term=InfoNCE("loss", sets=("bank", "batch")),
     ),
     grads={
         "a": Form(
-            "a",
-            "grad",
-            "a",
-            "l2",
-            _POS,
-            "sum_v s_v v^m / tau",
-            InfoNCE("grad", sets=("bank", "batch")),
+            key="a",
+            kind="grad",
+            row="a",
+            norm="l2",
+            pos_grad=_POS,
+            neg_grad="sum_v s_v v^m / tau",
+            term=InfoNCE("grad", sets=("bank", "batch")),
             balance=1.0,
         ),
     },
@@ -114,10 +115,25 @@ SIMCLR = MethodSpec(
     description="SimCLR: NT-Xent over the 2N views of the batch",
     target="shared",
     predictor="none",
-    loss=Form("loss", "loss", "", "l2", "NT-Xent (eq. 19)", "batch softmax", NTXent("loss")),
+    loss=Form(
+        key="loss",
+        kind="loss",
+        row="",
+        norm="l2",
+        pos_grad="NT-Xent (eq. 19)",
+        neg_grad="batch softmax",
+        term=NTXent("loss"),
+    ),
     grads={
         "b": Form(
-            "b", "grad", "b", "l2", _POS, "sum_v s_v v^t / tau", InfoNCE("grad"), balance=1.0
+            key="b",
+            kind="grad",
+            row="b",
+            norm="l2",
+            pos_grad=_POS,
+            neg_grad="sum_v s_v v^t / tau",
+            term=InfoNCE("grad"),
+            balance=1.0,
         ),
     },
     default_grad="b",

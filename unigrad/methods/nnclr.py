@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from unigrad.core.objective import Step
 from unigrad.core.spec import BANK_SIZE, Form, MethodSpec, Param
+from unigrad.core.term import Step
 from unigrad.methods.contrastive import InfoNCE
 
 
@@ -54,23 +54,23 @@ NNCLR = MethodSpec(
     target="stopgrad",
     predictor="mlp",
     loss=Form(
-        "loss",
-        "loss",
-        "",
-        "l2",
-        "InfoNCE(h(u1), NN(u2))",
-        "batch softmax over NN(v)",
-        NearestNeighbourInfoNCE("loss"),
+        key="loss",
+        kind="loss",
+        row="",
+        norm="l2",
+        pos_grad="InfoNCE(h(u1), NN(u2))",
+        neg_grad="batch softmax over NN(v)",
+        term=NearestNeighbourInfoNCE("loss"),
     ),
     grads={
         "b": Form(
-            "b",
-            "grad",
-            "b",
-            "l2",
-            "-NN(u2^t) / tau",
-            "sum_v s_v NN(v^t) / tau",
-            NearestNeighbourInfoNCE("grad"),
+            key="b",
+            kind="grad",
+            row="b",
+            norm="l2",
+            pos_grad="-NN(u2^t) / tau",
+            neg_grad="sum_v s_v NN(v^t) / tau",
+            term=NearestNeighbourInfoNCE("grad"),
             balance=1.0,
         ),
     },

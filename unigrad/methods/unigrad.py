@@ -10,8 +10,8 @@ import torch
 
 from unigrad.core import gradients as G
 from unigrad.core import losses as L
-from unigrad.core.objective import Step
-from unigrad.core.spec import CORR_SOURCE, LAMBD, RHO, Form, MethodSpec, Term
+from unigrad.core.spec import CORR_SOURCE, LAMBD, RHO, Form, MethodSpec
+from unigrad.core.term import Step, Term
 
 
 @dataclass(frozen=True)
@@ -46,26 +46,26 @@ UNIGRAD = MethodSpec(
     target="momentum",
     predictor="none",
     loss=Form(
-        "loss",
-        "loss",
-        "",
-        "l2",
-        "-cos(u1, u2^m)",
-        "lambda/2 sum rho_v cos^2",
-        Correlation("loss"),
+        key="loss",
+        kind="loss",
+        row="",
+        norm="l2",
+        pos_grad="-cos(u1, u2^m)",
+        neg_grad="lambda/2 sum rho_v cos^2",
+        term=Correlation("loss"),
         balance=100.0,
         scales_with_dim=True,
         note="eq. 15",
     ),
     grads={
         "unigrad": Form(
-            "unigrad",
-            "grad",
-            "UniGrad",
-            "l2",
-            "-u2^m",
-            "F u1",
-            Correlation("grad"),
+            key="unigrad",
+            kind="grad",
+            row="UniGrad",
+            norm="l2",
+            pos_grad="-u2^m",
+            neg_grad="F u1",
+            term=Correlation("grad"),
             balance=100.0,
             scales_with_dim=True,
             note="eq. 14",

@@ -269,20 +269,6 @@ def build_model(
     return SiameseModel(Encoder(net, projector), pred)
 
 
-#: The configuration keys that define the network (the ``model`` section and the image size).
-MODEL_KEYS = (
-    "backbone",
-    "width",
-    "cifar_stem",
-    "proj_depth",
-    "proj_dim",
-    "proj_hidden",
-    "pred_hidden",
-    "norm",
-    "image_size",
-)
-
-
 def model_from_config(
     cfg: Any,
     *,
@@ -292,8 +278,9 @@ def model_from_config(
 ) -> SiameseModel:
     """The network a configuration describes: the one place where a config becomes a model.
 
-    ``cfg``: a :class:`~unigrad.config.Config` or a mapping with :data:`MODEL_KEYS` (a
-    checkpoint's stored config); ``backbone``: your own module in place of ``cfg.backbone``.
+    ``cfg``: a :class:`~unigrad.config.Config` or a mapping with the ``model`` section's keys
+    and ``image_size`` (a checkpoint's stored config); ``backbone``: your own module in place
+    of ``cfg.backbone``.
     An unset ``image_size`` builds for 224 px (it only matters to ViTs).
     """
     get = cfg.get if isinstance(cfg, Mapping) else lambda k, d=None: getattr(cfg, k, d)

@@ -1,0 +1,51 @@
+"""The ``run`` section of the configuration: device, precision, seed and what the run writes
+(output folder, logging and checkpoint periods)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from unigrad.core.section import Section, setting
+from unigrad.errors import UserError
+
+
+@dataclass
+class RunConfig(Section):
+    name = "run"
+
+    device: str = setting("auto", "auto | cpu | cuda", "untrained")
+    amp: str = setting(
+        "auto", "auto | off | bf16 | fp16 (auto: fp16 on CUDA, measured on CPUs)", "untrained"
+    )
+    amp_resolved: str | None = setting(
+        None, "written by the run: fp32 | bf16 | fp16 (kept on resume)", "untrained"
+    )
+    amp_measured: str | None = setting(None, "written by the run: amp auto's timings", "untrained")
+    channels_last: bool = setting(True, "channels-last memory format", "untrained")
+    compile: bool = setting(False, "torch.compile the online network", "untrained")
+    seed: int = setting(0, "seed of every random draw (a function of seed and step)", "arch",
+                        "baseline")  # fmt: skip
+    deterministic: bool = setting(False, "deterministic kernels (bit-identical resume)")
+    out: str = setting("runs/unnamed", "the run directory", "untrained")
+    log_every: int = setting(10, "steps between metric logs", "untrained")
+    ckpt_every: int = setting(
+        0, "steps between mid-epoch checkpoints (0: end of epoch only)", "untrained"
+    )
+    keep_epoch_ckpts: bool = setting(False, "keep epoch-NNNN.ckpt files", "untrained")
+    tensorboard: bool = setting(True, "also log to RUN/tb (needs tensorboard)", "untrained")
+
+    def check(self) -> None:
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise UserError("amp must be auto, off, bf16 or fp16")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError("device must be auto, cpu or cuda")
+        if self.amp_resolved not in (None, "fp32", "bf16", "fp16"):
+            raise UserError(
+                "amp_resolved (written by the run) must be fp32, bf16 or fp16; remove it"
+            )
+        if self.log_every < 1:
+            raise UserError(f"log_every must be >= 1, got {self.log_every}")
+        if self.ckpt_every < 0:
+            raise UserError(
+                f"ckpt_every must be >= 0 (0: end of epoch only), got {self.ckpt_every}"
+            )

@@ -1,0 +1,39 @@
+"""The ``eval`` section of the configuration: what a pretraining run measures of itself (the kNN
+monitor, the final linear probe, the random-init baseline, the diagnostics on a probe batch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from unigrad.core.section import Section, setting
+from unigrad.errors import UserError
+
+
+@dataclass
+class EvalConfig(Section):
+    name = "eval"
+
+    knn_every: int = setting(1, "epochs between kNN monitors (0: only at the end)", "untrained")
+    knn_k: int = setting(200, "neighbours of the weighted kNN classifier", "baseline")
+    knn_t: float = setting(0.1, "temperature of the kNN vote weights", "baseline")
+    knn_baseline: bool = setting(
+        False, "also evaluate the randomly initialised backbone at the end", "untrained"
+    )
+    final_linear_epochs: int = setting(
+        0, "linear probe on cached features at the end (0: off)", "baseline"
+    )
+    diag_every: int = setting(
+        50, "steps between diagnostics on the probe batch (0: off)", "untrained"
+    )
+    probe_size: int = setting(128, "images in the fixed diagnostics probe batch", "untrained")
+
+    def check(self) -> None:
+        for key in ("knn_every", "final_linear_epochs", "diag_every"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.knn_k < 1:
+            raise UserError(f"knn_k must be >= 1, got {self.knn_k}")
+        if self.knn_t <= 0:
+            raise UserError(f"knn_t must be > 0, got {self.knn_t}")
+        if self.probe_size < 2:
+            raise UserError(f"probe_size must be >= 2, got {self.probe_size}")
