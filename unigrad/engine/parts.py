@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from unigrad.config import Config, default_warmup, to_dict
+from unigrad.config import Config, to_dict
 from unigrad.core import dist
 from unigrad.core.objective import Objective
 from unigrad.core.targets import TargetBranch, cosine_momentum
@@ -118,8 +118,8 @@ def build_parts(
         predictor_lr_scale=cfg.predictor_lr_scale,
         objective=objective,
     )
-    warmup_epochs = default_warmup(cfg.epochs) if cfg.warmup_epochs is None else cfg.warmup_epochs
-    lr = lr_schedule(peak_lr, total_steps, round(warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)  # resolved by the config
+    lr = lr_schedule(peak_lr, total_steps, warmup_steps, cfg.min_lr_ratio)
     base_m = cfg.momentum_base
     if base_m is None:
         base_m = float(spec.train_defaults.get("momentum_base", 0.996))

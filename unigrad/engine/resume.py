@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from unigrad.config import keys_tagged
+from unigrad.config import keys_tagged, save_config
 from unigrad.core import dist
 from unigrad.engine import checkpoint as ckpt
+from unigrad.engine.runlog import RunLog
 from unigrad.errors import UserError
 
 #: Config keys that must match for ``--resume`` to continue a run (architecture and method):
@@ -132,3 +133,34 @@ def find_resume_state(out: Path, cfg: Any) -> tuple[Path, dict[str, Any]] | None
             hint = "it trained your own backbone module: pass it again, Trainer(cfg, backbone=...)"
         raise UserError(f"{path} was written by a different run ({'; '.join(diff)}); {hint}")
     return path, state
+
+
+def open_run(out: Path, cfg: Any, *, resumed: bool, step: int, skipped: int) -> tuple[Any, RunLog]:
+    """Open the run directory for a run at ``step``: take the lock (rank 0), then the run log and
+    config.yaml of a fresh run, or keep a resumed run's log up to ``step``; a fresh run in a
+    directory that holds checkpoints is refused. Returns (lock or None, run log); on an error
+    the lock is released."""
+    lock = lock_run_dir(out) if dist.is_main() else None
+    try:
+        if not resumed and ckpt.candidates(out):
+            raise UserError(
+                f"{out} already holds a run (*.ckpt); pass --resume to continue it or "
+                "choose another --out"
+            )
+        log = RunLog(out, cfg.tensorboard)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+    if skipped and dist.is_main():
+        print(
+            f"warning: {skipped} unreadable training images skipped "
+            "(bad_images=skip; logged as data/skipped_images)",
+            file=sys.stderr,
+        )
+    log.truncate_after(step)
+    if not resumed:
+        if dist.is_main():
+            save_config(cfg, out / "config.yaml")
+        log.log(0, 0.0, {"data/skipped_images": float(skipped)})
+    return lock, log

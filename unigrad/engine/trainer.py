@@ -14,7 +14,6 @@ to resume from in :mod:`unigrad.engine.resume`.
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,9 +25,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from unigrad.config import Config, check_config, save_config
+from unigrad.config import Config, check_config
 from unigrad.core import dist
 from unigrad.core.objective import target_views
+from unigrad.data.evaluation import EvalData
 from unigrad.data.pipeline import TrainData, build_train_data
 from unigrad.engine import checkpoint as ckpt
 from unigrad.engine.callbacks import Callback, Interrupted, default_callbacks
@@ -40,7 +40,7 @@ from unigrad.engine.resume import (
     all_finite,
     find_resume_state,
     good_checkpoint,
-    lock_run_dir,
+    open_run,
     refuse_if_locked,
 )
 from unigrad.engine.runlog import RunLog
@@ -53,17 +53,9 @@ __all__ = ["Interrupted", "Trainer"]
 
 #: Parts reachable as trainer attributes (``trainer.model`` is ``trainer.parts.model``).
 _PART_NAMES = (
-    "model",
-    "net",
-    "target",
-    "objective",
-    "optimizer",
-    "scaler",
-    "amp",
-    "lr",
-    "momentum",
+    "model", "net", "target", "objective", "optimizer", "scaler", "amp", "lr", "momentum",
     "peak_lr",
-)
+)  # fmt: skip
 
 
 class Trainer:
@@ -129,7 +121,10 @@ class Trainer:
         self.show_progress = show_progress and dist.is_main()
         self.extra_callbacks = list(callbacks)
 
-        self.data: TrainData = build_train_data(cfg, self.device, train_data, val_data)
+        run_data = build_train_data(cfg, self.device, train_data, val_data)
+        cfg.image_size = run_data.image_size  # resolved from the data when unset (config.yaml)
+        self.data: TrainData = run_data.train  # training views and the probe batch
+        self.eval_data: EvalData | None = run_data.eval  # the kNN / linear splits
         self.steps_per_epoch = self.data.steps_per_epoch
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
@@ -162,27 +157,13 @@ class Trainer:
         return path
 
     def _open_run(self) -> None:
-        """Take the lock; then the run log and config.yaml, or the check that RUN holds no other
-        run (a resumed run keeps its log up to its step)."""
-        if dist.is_main():
-            self._lock = lock_run_dir(self.out)
-        if self.resumed_from is None and ckpt.candidates(self.out):
-            raise UserError(
-                f"{self.out} already holds a run (*.ckpt); pass --resume to continue it or "
-                "choose another --out"
-            )
-        self.log = RunLog(self.out, self.cfg.tensorboard)
-        if self.data.skipped and dist.is_main():
-            print(
-                f"warning: {self.data.skipped} unreadable training images skipped "
-                "(bad_images=skip; logged as data/skipped_images)",
-                file=sys.stderr,
-            )
-        self.log.truncate_after(self.step)
-        if self.resumed_from is None:
-            if dist.is_main():
-                save_config(self.cfg, self.out / "config.yaml")
-            self.log.log(0, 0.0, {"data/skipped_images": float(self.data.skipped)})
+        self._lock, self.log = open_run(
+            self.out,
+            self.cfg,
+            resumed=self.resumed_from is not None,
+            step=self.step,
+            skipped=self.data.skipped,
+        )
 
     def close(self) -> None:
         """Close the run log and release the run directory's lock (also released when the
@@ -270,9 +251,9 @@ class Trainer:
     def _scores(self, backbone: nn.Module, final: bool, prefix: str = "") -> dict[str, float]:
         """The evaluation protocol (:mod:`unigrad.eval.protocol`) on the eval split's features;
         the linear probe only at the end. {} without an eval split."""
-        feats = self.data.features(backbone)
-        if feats is None:
+        if self.eval_data is None:
             return {}
+        feats = self.eval_data.features(backbone, self.device)
         c = self.cfg
         return evaluate_features(
             *feats,
@@ -292,15 +273,9 @@ class Trainer:
             return {}
         out = self._scores(self.model.encoder.backbone, final)
         if final and self.cfg.knn_baseline and out:
-            c = self.cfg
+            keys = ("backbone", "width", "cifar_stem", "image_size", "norm", "seed")
             init = random_init_backbone(
-                c.backbone,
-                c.width,
-                c.cifar_stem,
-                image_size=c.image_size,
-                norm=c.norm,
-                seed=c.seed,
-                device=self.device,
+                **{k: getattr(self.cfg, k) for k in keys}, device=self.device
             )
             if init is not None:  # None: a custom module, which the config cannot rebuild
                 out.update(self._scores(init, final, "init_"))
