@@ -31,8 +31,11 @@ class RunParts:
 
     ``model``: the online network (backbone, projector, predictor); ``net``: the module the step
     calls (``model``, wrapped in DDP and/or ``torch.compile``); ``target``: the target branch;
-    ``objective``: the loss with its sample-set state; ``lr`` / ``momentum``: [total_steps]
-    schedules; ``amp``: the autocast dtype or None (fp32).
+    ``objective``: the loss with its sample-set state; ``lr`` / ``momentum``: the schedules,
+    one Python float per step (read by the step without touching a device); ``amp``: the
+    autocast dtype or None (fp32). ``nonfinite``: a device flag, set by the step when a loss is
+    not finite and read only at log boundaries and before checkpoint writes
+    (:meth:`take_nonfinite`), so the step never waits on the host.
     """
 
     model: SiameseModel
@@ -41,10 +44,21 @@ class RunParts:
     objective: Objective
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    lr: torch.Tensor
-    momentum: torch.Tensor
+    lr: list[float]
+    momentum: list[float]
     peak_lr: float
     amp: torch.dtype | None
+    nonfinite: torch.Tensor | None = None
+
+    def mark_nonfinite(self, loss: torch.Tensor) -> None:
+        """Fold ``~isfinite(loss)`` into the device flag (no host sync)."""
+        bad = ~torch.isfinite(loss.detach())
+        self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
+
+    def take_nonfinite(self) -> bool:
+        """Whether a loss since the last call was not finite (one host read), and reset."""
+        flag, self.nonfinite = self.nonfinite, None
+        return flag is not None and bool(flag)
 
     def state_dict(self, cfg: Config, step: int, steps_per_epoch: int) -> dict[str, Any]:
         """A checkpoint's payload: every state that influences the future, and the RNGs."""
@@ -119,11 +133,11 @@ def build_parts(
         objective=objective,
     )
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)  # resolved by the config
-    lr = lr_schedule(peak_lr, total_steps, warmup_steps, cfg.min_lr_ratio)
+    lr = lr_schedule(peak_lr, total_steps, warmup_steps, cfg.min_lr_ratio).tolist()
     base_m = cfg.momentum_base
     if base_m is None:
         base_m = float(spec.train_defaults.get("momentum_base", 0.996))
-    momentum = cosine_momentum(base_m, cfg.momentum_final, total_steps)
+    momentum = cosine_momentum(base_m, cfg.momentum_final, total_steps).tolist()
     world = dist.world_size()
     amp = resolve_amp(cfg, model, device, max(2, min(8, cfg.batch_size // world)))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)

@@ -25,10 +25,12 @@ def train_step(
     """Step ``step`` (0-based) on augmented ``views`` (global first, [B, 3, H_i, W_i] each).
 
     ``n_target``: leading views the target branch embeds; ``gen``: the step's generator (CutMix).
-    Returns the step's statistics as device tensors (``loss`` and the objective's stats).
+    Returns the step's statistics as device tensors (``loss`` and the objective's stats). No
+    tensor becomes a Python value here: the schedules are Python floats and a non-finite loss
+    only sets the device flag ``parts.nonfinite``.
     """
     timer = timer or NullTimer()
-    set_lr(parts.optimizer, float(parts.lr[step]), parts.peak_lr)
+    set_lr(parts.optimizer, parts.lr[step], parts.peak_lr)  # Python floats: no host read
     online_views, mix = views, None
     if cutmix:
         from unigrad.data.augment import cutmix as mix_views
@@ -52,8 +54,9 @@ def train_step(
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
     with timer("EMA update"):
-        parts.target.update(parts.model.encoder, float(parts.momentum[step]), step + 1)
+        parts.target.update(parts.model.encoder, parts.momentum[step], step + 1)
     with timer("loss + sample set"):
         parts.objective.after_step()
     stats["loss"] = loss.detach()
+    parts.mark_nonfinite(stats["loss"])  # read at log boundaries and checkpoint writes
     return stats

@@ -20,8 +20,8 @@ SHOWN = ("loss", "pos_sim", "lr", "img_per_s")
 
 class MetricsLog(Callback):
     """Means of the step statistics every ``log_every`` steps (and at the last step), with lr,
-    EMA momentum and img/s. A non-finite mean stops the run (exit 3); on the CPU the loss is
-    also checked every step, which costs nothing there."""
+    EMA momentum and img/s; between those boundaries nothing is read from the device. A
+    non-finite loss (the step's device flag) or mean stops the run (exit 3)."""
 
     def __init__(self, log_every: int, show_progress: bool = True) -> None:
         self.log_every = log_every
@@ -44,8 +44,6 @@ class MetricsLog(Callback):
         self.t0, self.n_img = time.perf_counter(), 0  # evaluation time is not throughput
 
     def on_step(self, trainer: Trainer, stats: dict[str, torch.Tensor], n_images: int) -> None:
-        if trainer.device.type == "cpu" and not math.isfinite(float(stats["loss"])):
-            trainer.diverged("loss", "")
         for k, v in stats.items():
             self.window.setdefault(k, []).append(v)
         self.n_img += n_images
@@ -60,12 +58,14 @@ class MetricsLog(Callback):
     def flush(self, trainer: Trainer, img_s: float) -> dict[str, float]:
         means = {k: float(torch.stack(v).float().mean()) for k, v in self.window.items()}
         bad = [k for k, v in means.items() if not math.isfinite(v)]
+        if trainer.parts.take_nonfinite() and "loss" not in bad:
+            bad.insert(0, "loss")
         if bad:
             trainer.diverged(", ".join(bad), f" (within the last {self.log_every} steps)")
         if trainer.objective.kind == "grad":
             means.pop("loss", None)  # the surrogate's value carries no meaning
-        means["lr"] = float(trainer.parts.lr[trainer.step - 1])
-        means["momentum"] = float(trainer.parts.momentum[trainer.step - 1])
+        means["lr"] = trainer.parts.lr[trainer.step - 1]
+        means["momentum"] = trainer.parts.momentum[trainer.step - 1]
         means["img_per_s"] = img_s
         trainer.log_metrics(means)
         return means
