@@ -1,6 +1,7 @@
 import os
 import urllib.error
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from unigrad.data import datasets as D
 from unigrad.data import inmemory as M
+from unigrad.data import sources as S
 from unigrad.errors import UserError
 
 
@@ -35,6 +37,14 @@ def truncate(path: Path) -> None:
     path.write_bytes(b[: len(b) // 2])
 
 
+def open_split(root, split="train", transform=None, bad_images="skip"):
+    return S.FolderSource(str(root), bad_images).open(split, transform)
+
+
+def load_uint8(root, size=None, bad_images="skip", **cache):
+    return S.FolderSource(str(root), bad_images, **cache).load_uint8("train", size)
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     return make_folder(tmp_path / "ds")
@@ -50,10 +60,10 @@ def test_gray_palette_rgba_images_become_rgb_in_both_paths(tmp_path, monkeypatch
         img = write_image(root / "train" / "a" / f"{i}_{mode}.png", mode=mode, seed=i)
         refs[i] = np.asarray(D.to_rgb(img))
     write_image(root / "train" / "a" / "4_L.jpg", mode="L", seed=4)
-    ds = D.open_split(data=str(root))
+    ds = open_split(root)
     imgs = [ds[i][0] for i in range(len(ds))]
     assert all(im.mode == "RGB" and im.size == (8, 8) for im in imgs)
-    split = M.load_uint8(data=str(root), use_cache=False)
+    split = load_uint8(root, use_cache=False)
     assert split.images.shape == (5, 3, 8, 8) and split.images.dtype == torch.uint8
     for i, ref in refs.items():  # PNGs are lossless: exact pixels, channels first
         assert np.array_equal(split.images[i].permute(1, 2, 0).numpy(), ref)
@@ -61,7 +71,7 @@ def test_gray_palette_rgba_images_become_rgb_in_both_paths(tmp_path, monkeypatch
     gray = split.images[4]
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
     monkeypatch.setattr(M, "decode_image", None)  # PIL only, as once torchvision.io is gone
-    pil = M.load_uint8(data=str(root), use_cache=False).images
+    pil = load_uint8(root, use_cache=False).images
     assert torch.equal(pil[:4], split.images[:4]) and (pil[4].int() - gray.int()).abs().max() <= 2
 
 
@@ -70,32 +80,32 @@ def test_gray_palette_rgba_images_become_rgb_in_both_paths(tmp_path, monkeypatch
 
 def test_missing_data_dir_says_what_to_pass(tmp_path):
     with pytest.raises(UserError, match=r"does not exist.*--data DIR.*--dataset"):
-        D.open_split(data=str(tmp_path / "nope"))
+        open_split(tmp_path / "nope")
 
 
 def test_missing_split_lists_the_splits_found(folder):
     with pytest.raises(UserError, match=r"split 'val' not found.*found: train"):
-        D.open_split(data=str(folder), split="val")
+        open_split(folder, "val")
     assert D.available_splits(str(folder)) == ["train"]
 
 
 def test_empty_class_folder_is_named(folder):
     (folder / "train" / "zebra").mkdir()
     with pytest.raises(UserError, match=r"no images .*zebra; add images"):
-        D.open_split(data=str(folder))
+        open_split(folder)
     with pytest.raises(UserError, match="zebra"):
-        M.load_uint8(data=str(folder), use_cache=False)
+        load_uint8(folder, use_cache=False)
 
 
 def test_split_without_class_folders_explains_layout(tmp_path):
     write_image(tmp_path / "ds" / "train" / "0.png")
     with pytest.raises(UserError, match=r"no class folders.*<class>"):
-        D.open_split(data=str(tmp_path / "ds"))
+        open_split(tmp_path / "ds")
 
 
 def test_bad_images_value_is_checked(folder):
     with pytest.raises(UserError, match="skip, fail"):
-        D.open_split(data=str(folder), bad_images="ignore")
+        open_split(folder, bad_images="ignore")
 
 
 def _with_truncated_jpeg(folder: Path) -> Path:
@@ -109,7 +119,7 @@ def _with_truncated_jpeg(folder: Path) -> Path:
 def test_truncated_jpeg_is_skipped_with_a_warning_and_counted_in_memory(folder, tmp_path):
     bad = _with_truncated_jpeg(folder)
     with pytest.warns(UserWarning, match=f"skipping unreadable image .*{bad.name}"):
-        split = M.load_uint8(data=str(folder), cache_dir=tmp_path / "c")
+        split = load_uint8(folder, cache_dir=tmp_path / "c")
     assert split.n_skipped == 1 and split.skipped == [str(bad)]
     assert split.images.shape[0] == 5 and split.labels.tolist() == [0, 0, 1, 1, 1]
 
@@ -117,15 +127,15 @@ def test_truncated_jpeg_is_skipped_with_a_warning_and_counted_in_memory(folder, 
 def test_truncated_jpeg_fails_naming_the_file_when_asked(folder, tmp_path):
     bad = _with_truncated_jpeg(folder)
     with pytest.raises(UserError, match=rf"cannot decode image .*{bad.name}.*bad_images=skip"):
-        M.load_uint8(data=str(folder), bad_images="fail", use_cache=False)
-    ds = D.open_split(data=str(folder), bad_images="fail")
+        load_uint8(folder, bad_images="fail", use_cache=False)
+    ds = open_split(folder, bad_images="fail")
     with pytest.raises(UserError, match=bad.name):
         [ds[i] for i in range(len(ds))]
 
 
 def test_per_image_path_substitutes_the_next_sample_deterministically(folder):
     bad = _with_truncated_jpeg(folder)
-    ds = D.open_split(data=str(folder), transform=lambda im: np.asarray(im))
+    ds = open_split(folder, transform=lambda im: np.asarray(im))
     i = [p for p, _ in ds.samples].index(str(bad))
     with pytest.warns(UserWarning, match=bad.name):
         img, label = ds[i]
@@ -141,45 +151,45 @@ def test_per_image_path_substitutes_the_next_sample_deterministically(folder):
 def test_odd_sized_images_are_resized_to_the_most_common_size(folder):
     write_image(folder / "train" / "dog" / "big.png", size=(20, 12))
     with pytest.warns(UserWarning, match="resized 1 of 7 images to the common size 8x8"):
-        split = M.load_uint8(data=str(folder), use_cache=False)
+        split = load_uint8(folder, use_cache=False)
     assert split.images.shape == (7, 3, 8, 8) and split.n_resized == 1
     with pytest.warns(UserWarning, match="resized 7 of 7"):
-        assert M.load_uint8(data=str(folder), size=4, use_cache=False).images.shape[-2:] == (4, 4)
+        assert load_uint8(folder, size=4, use_cache=False).images.shape[-2:] == (4, 4)
 
 
 def test_cache_round_trip_and_invalidation(folder, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    first = M.load_uint8(data=str(folder), cache_dir=cache)
+    first = load_uint8(folder, cache_dir=cache)
     files = list(cache.iterdir())
     assert len(files) == 1 and files[0].suffix == ".pt" and files[0].name.startswith("ds-train")
     decode = M._decode_folder
     monkeypatch.setattr(M, "_decode_folder", lambda *a: pytest.fail("cache not used"))
-    images, labels, classes = M.load_uint8(data=str(folder), cache_dir=cache)
+    images, labels, classes = load_uint8(folder, cache_dir=cache)
     assert torch.equal(images, first.images) and torch.equal(labels, first.labels)
     assert classes == ["cat", "dog"] and labels.dtype == torch.int64
     monkeypatch.setattr(M, "_decode_folder", decode)
     p = folder / "train" / "dog" / "0.png"  # a changed file (new mtime) -> a new key
     write_image(p, seed=99)
     os.utime(p, ns=(1, 1))
-    changed = M.load_uint8(data=str(folder), cache_dir=cache)
+    changed = load_uint8(folder, cache_dir=cache)
     assert len(list(cache.iterdir())) == 2 and not torch.equal(changed.images, first.images)
     for f in cache.iterdir():  # a damaged cache file is rebuilt, with a warning
         f.write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match="ignoring unreadable image cache"):
-        again = M.load_uint8(data=str(folder), cache_dir=cache)
+        again = load_uint8(folder, cache_dir=cache)
     assert torch.equal(again.images, changed.images)
 
 
 def test_cached_bad_file_still_fails_in_fail_mode(folder, tmp_path):
     _with_truncated_jpeg(folder)
     with pytest.warns(UserWarning):
-        M.load_uint8(data=str(folder), cache_dir=tmp_path / "c")
+        load_uint8(folder, cache_dir=tmp_path / "c")
     with pytest.raises(UserError, match="cannot decode image"):
-        M.load_uint8(data=str(folder), cache_dir=tmp_path / "c", bad_images="fail")
+        load_uint8(folder, cache_dir=tmp_path / "c", bad_images="fail")
 
 
 def test_fits_in_memory_and_auto_pipeline(folder):
-    assert M.split_shape(data=str(folder)) == (6, 8, 8)
+    assert S.FolderSource(str(folder)).shape("train") == (6, 8, 8)
     assert M.fits_in_memory(45000, 32, 32, budget_bytes=200 << 20)
     assert not M.fits_in_memory(1_281_167, 224, 224, budget_bytes=16 << 30)
     assert M.choose_pipeline("auto", 45000, 32, 32) == "fast"
@@ -195,23 +205,32 @@ def test_torchvision_sets_load_channels_first(monkeypatch):
             self.targets, self.classes = list(range(n)), ["a", "b", "c", "d", "e"]
 
     monkeypatch.setattr(D.datasets, "CIFAR10", FakeCifar)
-    images, labels, classes = M.load_uint8(dataset="cifar10")
+    images, labels, classes = S.TorchvisionSource("cifar10").load_uint8("train")
     ref = torch.from_numpy(FakeCifar("", True, False, None).data)
     assert images.shape == (5, 3, 4, 4) and torch.equal(images, ref.permute(0, 3, 1, 2))
     assert labels.dtype == torch.int64 and labels.tolist() == [0, 1, 2, 3, 4] and len(classes) == 5
-    assert M.load_uint8(dataset="cifar10", split="val").images.shape[0] == 2
+    assert S.TorchvisionSource("cifar10").load_uint8("val").images.shape[0] == 2
 
 
 @pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="shared CIFAR-10 folder not present")
 def test_shared_cifar_shape():
-    assert M.split_shape(data=str(SHARED_CIFAR), split="val") == (5000, 32, 32)
+    assert S.FolderSource(str(SHARED_CIFAR)).shape("val") == (5000, 32, 32)
 
 
 # --- source resolution ------------------------------------------------------------------------
 
 
+def resolve(data, dataset, fallback, download, root="data"):
+    asked = SimpleNamespace(
+        data=data, dataset=dataset, fallback_dataset=fallback, download=download
+    )
+    return S.source_from_config(asked, root)
+
+
 def test_resolve_source_prefers_an_existing_folder(folder):
-    assert D.resolve_source(str(folder), None, "cifar10", False) == (str(folder), None)
+    source = resolve(str(folder), None, "cifar10", False)
+    assert isinstance(source, S.FolderSource) and source.root == str(folder)
+    assert source.splits() == ("train",) and source.classes() == ["cat", "dog"]
 
 
 def test_resolve_source_falls_back_to_torchvision(tmp_path, monkeypatch):
@@ -222,8 +241,9 @@ def test_resolve_source_falls_back_to_torchvision(tmp_path, monkeypatch):
 
     monkeypatch.setattr(D.datasets, "CIFAR10", fake)
     with pytest.warns(UserWarning, match="not found; using cifar10"):
-        out = D.resolve_source(str(tmp_path / "nope"), None, "cifar10", False, root="dl")
-    assert out == (None, "cifar10") and seen == {"root": "dl", "download": True}
+        out = resolve(str(tmp_path / "nope"), None, "cifar10", False, root="dl")
+    assert isinstance(out, S.TorchvisionSource) and (out.name, out.root) == ("cifar10", "dl")
+    assert seen == {"root": "dl", "download": True}
 
 
 def test_resolve_source_without_network_says_what_to_pass(tmp_path, monkeypatch):
@@ -235,11 +255,11 @@ def test_resolve_source_without_network_says_what_to_pass(tmp_path, monkeypatch)
         pytest.warns(UserWarning),
         pytest.raises(UserError, match=r"could not download cifar10.*--data DIR.*DIR/train"),
     ):
-        D.resolve_source(str(tmp_path / "nope"), None, "cifar10", True)
+        resolve(str(tmp_path / "nope"), None, "cifar10", True)
     with pytest.raises(UserError, match="does not exist"):
-        D.resolve_source(str(tmp_path / "nope"), None, None, True)
+        resolve(str(tmp_path / "nope"), None, None, True)
     with pytest.raises(UserError, match="no data given"):
-        D.resolve_source(None, None, None, False)
+        resolve(None, None, None, False)
 
 
 def test_resolve_source_not_downloaded_asks_for_download(monkeypatch):
@@ -248,7 +268,7 @@ def test_resolve_source_not_downloaded_asks_for_download(monkeypatch):
 
     monkeypatch.setattr(D.datasets, "CIFAR10", missing)
     with pytest.raises(UserError, match="--dataset cifar10 --download"):
-        D.resolve_source(None, "cifar10", None, False)
+        resolve(None, "cifar10", None, False)
 
 
 # --- epoch sampler ----------------------------------------------------------------------------
@@ -283,7 +303,7 @@ def test_sampler_resumes_mid_epoch_exactly():
 
 
 def test_sampler_drives_a_dataloader(folder):
-    ds = D.open_split(data=str(folder), transform=lambda im: torch.from_numpy(np.array(im)))
+    ds = open_split(folder, transform=lambda im: torch.from_numpy(np.array(im)))
     sampler = D.EpochSampler(len(ds), 4, seed=0)
     (x, y), *_ = list(DataLoader(ds, batch_sampler=sampler))
     idx = next(iter(sampler))

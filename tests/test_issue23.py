@@ -38,7 +38,7 @@ def test_hints_name_flags_that_parse(tmp_path):
     import torch
 
     from unigrad.data.datasets import bad_image_error
-    from unigrad.data.inmemory import _common_size
+    from unigrad.data.inmemory import common_size
 
     hints = [str(bad_image_error("x.jpg", OSError("truncated")))]
     with warnings.catch_warnings(record=True) as caught:
@@ -46,7 +46,7 @@ def test_hints_name_flags_that_parse(tmp_path):
         imgs = [torch.zeros(3, 8, 8, dtype=torch.uint8)] * 2 + [
             torch.zeros(3, 9, 9, dtype=torch.uint8)
         ]
-        _common_size(imgs, None)
+        common_size(imgs, None)
     hints += [str(w.message) for w in caught if "resized" in str(w.message)]
     assert len(hints) == 2
     parser = build_parser()
@@ -246,16 +246,16 @@ def test_explicit_warmup_longer_than_the_run_is_refused_with_the_fix(capsys, tmp
 
 
 def test_image_size_follows_the_folder(tmp_path):
-    from unigrad.data.pipeline import image_size_from_data
+    from unigrad.data.sources import FolderSource
 
     small = make_image_folder(tmp_path / "s", splits=("train",), classes=1, per_class=3, size=24)
-    assert image_size_from_data({"data": str(small), "dataset": None}, "train") == 24
+    assert FolderSource(str(small)).image_side("train") == 24
     big = make_image_folder(tmp_path / "b", splits=("train",), classes=1, per_class=2, size=300)
-    assert image_size_from_data({"data": str(big), "dataset": None}, "train") == 224
+    assert FolderSource(str(big)).image_side("train") == 224
     from PIL import Image
 
     Image.new("RGB", (40, 30)).save(small / "train" / "c0" / "odd.png")
-    assert image_size_from_data({"data": str(small), "dataset": None}, "train") == 224
+    assert FolderSource(str(small)).image_side("train") == 224
 
 
 # --------------------------------------------------------------------- 8: one-class data

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from unigrad.cli import main
-from unigrad.data.datasets import eval_transform, open_split
+from unigrad.data.evaluation import eval_transform
+from unigrad.data.sources import FolderSource
 from unigrad.engine.checkpoint import save_checkpoint
 from unigrad.errors import UserError
 from unigrad.eval.features import extract_features, load_backbone
@@ -63,7 +64,7 @@ def test_cli_knn_and_linear_equal_evaluate_features_on_the_same_features(tmp_pat
     backbone, _ = load_backbone(ckpt)
     splits = []
     for split in ("train", "val"):
-        ds = open_split(data=str(data), split=split, transform=eval_transform(16))
+        ds = FolderSource(str(data)).open(split, eval_transform(16))
         splits += extract_features(backbone, DataLoader(ds, batch_size=256), "cpu")
     trainer = evaluate_features(*splits, k=5, t=0.1, linear_epochs=10, seed=1)
     assert set(trainer) == {"knn_top1", "knn_top5", "linear_top1", "linear_top5"}

@@ -43,9 +43,13 @@ def _checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 
 class Session:
-    """What every checkpoint command needs: the backbone, its config, the data, the device."""
+    """What every checkpoint command needs: the backbone, its config, the data source and its
+    evaluation splits (:class:`~unigrad.data.evaluation.EvalData`, the trainer's view), the
+    device."""
 
     def __init__(self, a: argparse.Namespace) -> None:
+        from unigrad.data.evaluation import EvalData
+        from unigrad.data.sources import source_from_config
         from unigrad.engine.device import select_device
         from unigrad.eval.features import load_backbone
 
@@ -56,37 +60,33 @@ class Session:
         self.progress = False if a.quiet else None
         if a.data and a.dataset:
             raise UserError("pass either --data DIR or --dataset NAME, not both")
-        self.data = a.data or (None if a.dataset else self.cfg.get("data"))
-        self.dataset = a.dataset or (None if a.data else self.cfg.get("dataset"))
-        if not self.data and not self.dataset:
+        data = a.data or (None if a.dataset else self.cfg.get("data"))
+        dataset = a.dataset or (None if a.data else self.cfg.get("dataset"))
+        if not data and not dataset:
             raise UserError(
                 f"{a.ckpt} does not name its data: pass --data DIR (ImageFolder with train/ "
                 f"and val/) or --dataset {'|'.join(TORCHVISION)}"
             )
+        asked = argparse.Namespace(data=data, dataset=dataset, download=a.download)
+        self.source = source_from_config(asked, root=a.data_root)
+        self.eval = EvalData(
+            self.source,
+            self.image_size,
+            train_split=a.train_split,
+            eval_split=a.split,
+            batch_size=a.batch_size,
+            workers=a.workers,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def note(self, text: str) -> None:
         if not self.args.quiet:
             print(f"note: {text}", file=sys.stderr)
 
-    def split(self, name: str, transform: Any) -> Any:
-        from unigrad.data.datasets import open_split
-
-        return open_split(
-            data=self.data,
-            dataset=self.dataset,
-            split=name,
-            download=self.args.download,
-            transform=transform,
-            root=self.args.data_root,
-        )
-
     def splits(self, train_transform: Any = None) -> tuple[Any, Any, int]:
-        """(train set, eval set, number of classes); eval transform unless given for train."""
-        from unigrad.data.datasets import eval_transform
-
-        ev = eval_transform(self.image_size)
-        train = self.split(self.args.train_split, train_transform or ev)
-        test = self.split(self.args.split, ev)
+        """(train set, eval set, number of classes) as evaluation views; ``train_transform``
+        replaces the train set's."""
+        train, test = self.eval.datasets(train_transform)
         a, b = getattr(train, "classes", None), getattr(test, "classes", None)
         if a is not None and b is not None and list(a) != list(b):
             raise UserError(
@@ -103,24 +103,25 @@ class Session:
         return train, test, len(a) if a is not None else 0
 
     def loader(self, ds: Any, train: bool = False) -> Any:
-        """Batches in order; ``train``: shuffled, and a last batch of 1 image (which batch
-        norm in train mode cannot take) dropped."""
+        """Batches in order (the evaluation's); ``train``: shuffled, and a last batch of 1
+        image (which batch norm in train mode cannot take) dropped."""
         from torch.utils.data import DataLoader
 
+        if not train:
+            return self.eval.loader(ds)
         return DataLoader(
             ds,
             batch_size=self.args.batch_size,
-            shuffle=train,
-            drop_last=train and len(ds) % self.args.batch_size == 1,
-            persistent_workers=train and self.args.workers > 0,  # epochs reuse the processes
+            shuffle=True,
+            drop_last=len(ds) % self.args.batch_size == 1,
+            persistent_workers=self.args.workers > 0,  # epochs reuse the processes
             num_workers=self.args.workers,
             pin_memory=self.device.type == "cuda",
         )
 
     def features(self, ds: Any) -> tuple[Any, Any]:
-        from unigrad.eval.features import extract_features
-
-        return extract_features(self.backbone, self.loader(ds), self.device, progress=self.progress)
+        """(features [N, D], labels [N]) of the backbone over ``ds``, as the trainer's."""
+        return self.eval.extract(self.backbone, ds, self.device, self.progress)
 
     def emit(self, result: dict[str, Any], text: str) -> None:
         print(json.dumps(result) if self.args.json else text)

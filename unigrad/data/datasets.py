@@ -1,13 +1,14 @@
-"""Datasets: ImageFolder splits (``DIR/train``, ``DIR/val``, ``DIR/test``) or torchvision sets.
+"""Image folders and samplers: ImageFolder splits (``DIR/train``, ``DIR/val``, ``DIR/test``).
 
 Every image is converted to RGB (grayscale, palette and RGBA inputs work). Unreadable images
 (truncated or corrupt files) are found when they are decoded: with ``bad_images="skip"`` they are
 skipped with a warning and counted (``n_skipped``), with ``bad_images="fail"`` they stop the run
 with a :class:`~unigrad.errors.UserError` naming the file.
 
-Two ways to feed a trainer: per image (:func:`open_split`, any image size, augmented in DataLoader
-workers) or in memory (:func:`unigrad.data.inmemory.load_uint8`: one uint8 tensor, decoded once and
-cached on disk, augmented as whole batches); :class:`EpochSampler` orders both.
+Where a run's images come from (a folder, a torchvision set, ...) is a
+:class:`~unigrad.data.sources.Source`; this module holds what the folder source is made of
+(:class:`SafeImageFolder`, :func:`split_dir`) and :class:`EpochSampler`, which orders every
+pipeline's batches.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import datasets
-from torchvision.transforms import v2
 
 from unigrad.errors import UserError
 
@@ -56,28 +56,22 @@ def mix_seed(*ints: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1
 
 
-def eval_transform(image_size: int) -> v2.Compose:
-    """Deterministic evaluation view: (resize + centre crop for large images) -> normalised."""
-    ops: list[Any] = [v2.PILToTensor()]
-    if image_size > 64:
-        ops += [v2.Resize(round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
-    else:
-        ops += [v2.Resize((image_size, image_size), antialias=True)]
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
-    return v2.Compose(ops)
-
-
 def available_splits(data: str) -> list[str]:
     root = Path(data)
     return [s for s in SPLITS if (root / s).is_dir()]
 
 
+def missing_folder_error(data: str) -> UserError:
+    """The error for a ``--data`` folder that does not exist, saying what to pass instead."""
+    return UserError(
+        f"data folder {data} does not exist; pass {LAYOUT}, or --dataset cifar10 --download"
+    )
+
+
 def split_dir(data: str, split: str) -> Path:
     """``data/split``, or a UserError naming what is missing and what to pass instead."""
     if not Path(data).is_dir():
-        raise UserError(
-            f"data folder {data} does not exist; pass {LAYOUT}, or --dataset cifar10 --download"
-        )
+        raise missing_folder_error(data)
     path = Path(data) / split
     if not path.is_dir():
         have = available_splits(data)
@@ -157,100 +151,6 @@ class SafeImageFolder(datasets.ImageFolder):
                 img = self.transform(img)
             return img, target
         raise UserError(f"no readable image in {self.root}; check the files (e.g. open one)")
-
-
-def open_split(
-    *,
-    data: str | None = None,
-    dataset: str | None = None,
-    split: str = "train",
-    download: bool = False,
-    transform: Any = None,
-    root: str = "data",
-    bad_images: str = "skip",
-) -> torch.utils.data.Dataset:
-    """One split as a dataset of (image, label); images are RGB PIL unless ``transform`` is set.
-
-    Args:
-        data: an ImageFolder root with ``train/`` and optionally ``val/``, ``test/``.
-        dataset: a torchvision dataset name (cifar10, cifar100, stl10), stored under ``root``.
-        split: train, val or test (torchvision sets: val and test both mean the test split).
-        download: let torchvision download ``dataset`` into ``root`` if it is not there.
-        transform: applied to each RGB PIL image.
-        root: where torchvision datasets live.
-        bad_images: ImageFolder only: ``skip`` or ``fail`` on unreadable files.
-    """
-    if data is not None:
-        return SafeImageFolder(str(split_dir(data, split)), transform, bad_images)
-    if dataset not in TORCHVISION:
-        raise UserError(f"pass {LAYOUT}, or --dataset {'|'.join(TORCHVISION)}")
-    train = split == "train"
-    try:
-        if dataset == "stl10":
-            return datasets.STL10(
-                root,
-                split="train" if train else "test",
-                download=download,
-                transform=_rgb(transform),
-            )
-        cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
-        return cls(root, train=train, download=download, transform=_rgb(transform))
-    except RuntimeError as e:
-        raise UserError(f"{dataset} not found under {root}/ ({e}); add --download") from None
-
-
-def resolve_source(
-    data: str | None,
-    dataset: str | None,
-    fallback_dataset: str | None,
-    download: bool,
-    root: str = "data",
-) -> tuple[str | None, str | None]:
-    """Which source to read: ``(data, None)`` for a folder, ``(None, name)`` for torchvision.
-
-    A missing ``data`` folder (or none given) falls back to the torchvision set
-    ``fallback_dataset`` under ``root``, downloaded there if it is not yet (asking for a
-    fallback is asking for the download). Fails with a UserError that says what to pass when
-    neither source can be read.
-    """
-    if data is not None and Path(data).is_dir():
-        return data, None
-    if data is None and dataset is not None:
-        return None, _check_torchvision(dataset, download, root)
-    if fallback_dataset is None:
-        if data is None:
-            raise UserError(f"no data given; pass {LAYOUT}, or --dataset NAME --download")
-        split_dir(data, "train")  # raises the missing-folder error
-    if data is not None:
-        warnings.warn(
-            f"data folder {data} not found; using {fallback_dataset} under {root}/", stacklevel=2
-        )
-    return None, _check_torchvision(str(fallback_dataset), True, root)
-
-
-def _check_torchvision(dataset: str, download: bool, root: str) -> str:
-    if dataset not in TORCHVISION:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(TORCHVISION)}")
-    try:
-        open_split(dataset=dataset, split="train", download=download, root=root)
-    except UserError:
-        raise UserError(
-            f"{dataset} is not under {root}/; pass --dataset {dataset} --download to fetch it, "
-            f"or {LAYOUT}"
-        ) from None
-    except Exception as e:  # network errors come as URLError, OSError, HTTPError, ...
-        raise UserError(
-            f"could not download {dataset} into {root}/ ({type(e).__name__}: {e}); without "
-            f"network pass {LAYOUT}, or put the {dataset} files under {root}/ and pass "
-            f"--dataset {dataset}"
-        ) from None
-    return dataset
-
-
-def _rgb(transform: Any) -> Any:
-    if transform is None:
-        return to_rgb
-    return v2.Compose([to_rgb, transform])
 
 
 class EpochSampler:

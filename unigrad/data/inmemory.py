@@ -4,7 +4,9 @@ For data that fits in memory (CIFAR, STL-10 scale): decoding 45,000 32 px JPEGs 
 (torchvision.io's libjpeg, ~3x faster than PIL on small images, PIL for other formats and once
 torchvision drops its deprecated decoders), a cached split loads in well under a second,
 and the fast pipeline (:class:`unigrad.data.augment.FastAugment`) augments whole batches of it.
-``pipeline: auto`` uses :func:`choose_pipeline` to pick it when the split fits.
+``pipeline: auto`` uses :func:`choose_pipeline` to pick it when the split fits. A source's
+:meth:`~unigrad.data.sources.Source.load_uint8` gives its split in this form (folders through
+:func:`load_folder`, with the cache).
 """
 
 from __future__ import annotations
@@ -22,17 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
 from unigrad.data.datasets import (
     DECODE_ERRORS,
     SafeImageFolder,
     bad_image_error,
-    check_bad_images,
     load_rgb,
-    open_split,
-    split_dir,
     warn_skipped,
 )
 from unigrad.errors import UserError
@@ -79,49 +77,32 @@ def default_cache_dir() -> Path:
     return Path(base) / "unigrad"
 
 
-def load_uint8(
-    *,
-    data: str | None = None,
-    dataset: str | None = None,
-    split: str = "train",
-    root: str = "data",
-    download: bool = False,
-    bad_images: str = "skip",
+def load_folder(
+    folder: SafeImageFolder,
     size: int | None = None,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
 ) -> Uint8Split:
-    """Decode every image of a split once into one uint8 tensor (for data that fits in memory).
+    """Decode every image of a folder split once into one uint8 tensor.
 
     All images get one common size: ``size`` x ``size`` if given, else the most frequent size in
     the split; an image of another size is resized to cover it (antialiased) and centre-cropped,
-    with one warning giving the count. A folder's tensor is cached in
+    with one warning giving the count. The tensor is cached in
     ``cache_dir/<parent>-<split>-<key>.pt`` (default :func:`default_cache_dir`), written
     atomically; the key hashes the folder path, ``size`` and every file's path, label, byte size
     and mtime, so any change to the files rebuilds it (an unreadable cache file is rebuilt too).
-    torchvision sets are arrays already and are not cached.
+    Unreadable files follow ``folder.bad_images`` (a cached one fails again in ``fail`` mode).
 
     Args:
-        data, dataset, split, root, download, bad_images: as in :func:`open_split`.
+        folder: the split (its ``bad_images`` says whether to skip or refuse unreadable files).
         size: common side length (None: the most frequent size).
         cache_dir: where cached tensors live.
         use_cache: read and write the cache.
     """
-    check_bad_images(bad_images)
-    if data is None:
-        ds: Any = open_split(dataset=dataset, split=split, download=download, root=root)
-        arr = torch.from_numpy(np.asarray(ds.data))
-        images = arr if dataset == "stl10" else arr.permute(0, 3, 1, 2)
-        labels = torch.as_tensor(np.asarray(ds.labels if dataset == "stl10" else ds.targets))
-        n_resized = 0
-        if size and tuple(images.shape[-2:]) != (size, size):
-            images, n_resized = _common_size(list(images), size)
-        return Uint8Split(images.contiguous(), labels.long(), list(ds.classes), [], n_resized)
-    folder = SafeImageFolder(str(split_dir(data, split)), bad_images=bad_images)
     path = _cache_path(Path(folder.root), folder.samples, size, cache_dir)
     out = _read_cache(path) if use_cache else None
     if out is not None:
-        if bad_images == "fail" and out.skipped:
+        if folder.bad_images == "fail" and out.skipped:
             raise bad_image_error(out.skipped[0], _decode_error(out.skipped[0]))
         return out
     out = _decode_folder(folder, size)
@@ -191,11 +172,11 @@ def _decode_folder(folder: SafeImageFolder, size: int | None) -> Uint8Split:
             labels.append(target)
     if not images:
         raise UserError(f"no readable image in {folder.root}; check the files (e.g. open one)")
-    stacked, n_resized = _common_size(images, size)
+    stacked, n_resized = common_size(images, size)
     return Uint8Split(stacked, torch.tensor(labels), folder.classes, skipped, n_resized)
 
 
-def _common_size(images: list[torch.Tensor], size: int | None) -> tuple[torch.Tensor, int]:
+def common_size(images: list[torch.Tensor], size: int | None) -> tuple[torch.Tensor, int]:
     """Stack [3, h, w] images into [N, 3, H, W], resizing (cover + centre crop) the odd ones."""
     hw = (size, size) if size else Counter(x.shape[1:] for x in images).most_common(1)[0][0]
     odd = [i for i, x in enumerate(images) if tuple(x.shape[1:]) != tuple(hw)]
@@ -222,23 +203,6 @@ def _save_atomic(split: Uint8Split, path: Path) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         warnings.warn(f"could not write the image cache {path} ({e}); continuing", stacklevel=3)
-
-
-def split_shape(
-    *, data: str | None = None, dataset: str | None = None, split: str = "train", **kw: Any
-) -> tuple[int, int, int]:
-    """(N, H, W) of a split, H and W from its first readable image (a header read)."""
-    ds: Any = open_split(data=data, dataset=dataset, split=split, **kw)
-    if data is None:
-        shape = np.asarray(ds.data).shape
-        return (shape[0], *shape[-2:]) if dataset == "stl10" else shape[:3]
-    for p, _ in ds.samples[:100]:
-        try:
-            with Image.open(p) as img:
-                return len(ds), img.height, img.width
-        except DECODE_ERRORS:
-            continue
-    raise UserError(f"no readable image among the first files of {ds.root}; check the files")
 
 
 def fits_in_memory(n: int, height: int, width: int, budget_bytes: int | None = None) -> bool:

@@ -192,6 +192,8 @@ class Trainer:
         (exit 3 instead, naming the newest checkpoint that is really good)."""
         path = self.out / name
         state = self.state_dict()
+        if self.parts.take_nonfinite():  # the step's device flag, read before every write
+            self.diverged("loss", " (since the last log or checkpoint)")
         if not all_finite(state):
             self.diverged("weights, optimiser or objective state", "")
         if dist.is_main():

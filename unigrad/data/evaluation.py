@@ -1,0 +1,123 @@
+"""Evaluation data: a source's labelled train split (the kNN bank, the linear probe's training
+set) and its eval split, seen through one deterministic view.
+
+The view is :func:`eval_transform`: up to 64 px a resize to ``size`` x ``size``; above, the
+shorter side resized to ``size * 256 / 224`` and a centre crop of ``size`` (the ImageNet
+protocol); then normalised with MEAN/STD. The trainer's kNN monitor and final evaluation and
+``unigrad knn|linear|semisup`` all take their features from :class:`EvalData`.
+
+A split already decoded in memory (the fast pipeline's uint8 tensor) takes the same view as one
+tensor (:func:`normalize_uint8`) where the view is a plain resize (up to 64 px), which spares
+decoding the split again; above 64 px it is read per image like every other split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision.transforms import v2
+
+from unigrad.data.datasets import MEAN, STD
+from unigrad.data.inmemory import Uint8Split
+from unigrad.data.sources import Source
+
+#: Up to this side the view is a plain resize, which in-memory splits take as whole tensors.
+PLAIN_RESIZE_MAX = 64
+#: Batch size over the views of an in-memory split (already computed, no workers).
+MEMORY_BATCH = 512
+
+
+def eval_transform(image_size: int) -> v2.Compose:
+    """The evaluation view of one image (PIL, or [3, H, W] uint8 / float in [0, 1]) ->
+    [3, image_size, image_size] normalised float: resize (+ centre crop above 64 px)."""
+    ops: list[Any] = [v2.ToImage()]
+    if image_size > PLAIN_RESIZE_MAX:
+        ops += [v2.Resize(round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
+    else:
+        ops += [v2.Resize((image_size, image_size), antialias=True)]
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    return v2.Compose(ops)
+
+
+def normalize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The evaluation view (up to 64 px) of a whole in-memory split: [N, 3, H, W] uint8 ->
+    [N, 3, size, size] normalised float."""
+    x = images.float().div_(255)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class EvalData:
+    """A source's train split (the kNN bank) and eval split as evaluation views.
+
+    Args:
+        source: where the images come from; it must hold both splits.
+        image_size: the view's side.
+        train_split, eval_split: the labelled split and the split that is scored.
+        memory: the train split already in memory (the fast pipeline's); up to 64 px both
+            splits are then viewed as whole uint8 tensors (:meth:`Source.load_uint8`).
+        batch_size, workers, pin_memory: DataLoader settings of the per-image splits.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        image_size: int,
+        *,
+        train_split: str = "train",
+        eval_split: str = "val",
+        memory: Uint8Split | None = None,
+        batch_size: int = 256,
+        workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        self.source, self.image_size = source, image_size
+        self.train_split, self.eval_split = train_split, eval_split
+        self.memory = memory if image_size <= PLAIN_RESIZE_MAX else None
+        self.batch_size, self.workers, self.pin_memory = batch_size, workers, pin_memory
+
+    def datasets(self, train_transform: Any = None) -> tuple[Dataset, Dataset]:
+        """(train split, eval split) of (view [3, S, S], label) items; ``train_transform``
+        (e.g. the linear probe's augmentation) replaces the view of the train split."""
+        if self.memory is not None and train_transform is None:
+            held = self.source.load_uint8(self.eval_split)
+            return tuple(  # type: ignore[return-value]
+                TensorDataset(normalize_uint8(s.images, self.image_size), s.labels)
+                for s in (self.memory, held)
+            )
+        view = eval_transform(self.image_size)
+        train = self.source.open(self.train_split, train_transform or view)
+        return train, self.source.open(self.eval_split, view)
+
+    def loader(self, ds: Dataset) -> DataLoader:
+        """Batches of ``ds`` in order (a TensorDataset of in-memory views: in this process)."""
+        if isinstance(ds, TensorDataset):
+            return DataLoader(ds, batch_size=MEMORY_BATCH)
+        return DataLoader(
+            ds, batch_size=self.batch_size, num_workers=self.workers, pin_memory=self.pin_memory
+        )
+
+    def extract(
+        self, backbone: nn.Module, ds: Dataset, device: torch.device, progress: bool | None = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features [N, D] float32, labels [N] int64) of ``backbone`` in eval mode over ``ds``."""
+        from unigrad.eval.features import extract_features
+
+        return extract_features(backbone, self.loader(ds), device, progress=progress)
+
+    @torch.no_grad()
+    def features(
+        self, backbone: nn.Module, device: torch.device, progress: bool | None = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(train_feats [N, D], train_labels [N], eval_feats [M, D], eval_labels [M])."""
+        train, held = self.datasets()
+        return (
+            *self.extract(backbone, train, device, progress),
+            *self.extract(backbone, held, device, progress),
+        )
