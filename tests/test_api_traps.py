@@ -117,3 +117,56 @@ def test_method_help_lists_every_registered_method(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for name in unigrad.METHODS:
         assert name in out, name
+
+
+@dataclass(frozen=True)
+class StepIndexed(Term):
+    """A per-step schedule written in the term alone: the positive's weight grows with the step."""
+
+    def pair(self, step: Step, i, u, pos):
+        return -(1.0 + step.index) * pos
+
+
+def test_a_term_sees_the_step_index():
+    form = Form(
+        key="x",
+        kind="grad",
+        row="",
+        norm="l2",
+        pos_grad="-u2",
+        neg_grad="-",
+        term=StepIndexed("grad"),
+    )
+    spec = MethodSpec(
+        name="ramp",
+        family="user",
+        description="",
+        target="stopgrad",
+        predictor="none",
+        loss=None,
+        grads={"x": form},
+        default_form="grad",
+        default_grad="x",
+    )
+    obj = Objective(spec, dim=16)
+    z = _z()
+    t = [zi.detach() for zi in z]
+    first, second = obj(z, t), obj(z, t)  # the objective counts its calls: index 0, then 1
+    assert torch.allclose(second, 2 * first)
+    assert torch.allclose(obj(z, t, step=9), 10 * first)  # the trainer passes its step
+
+
+def test_the_core_imports_no_method_and_engine_files_stay_small():
+    import ast
+
+    for path in (ROOT / "unigrad" / "core").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                names = (
+                    [node.module]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                )
+                assert not any((n or "").startswith("unigrad.methods") for n in names), path
+    for path in (ROOT / "unigrad" / "engine").rglob("*.py"):
+        assert len(path.read_text().splitlines()) <= 300, path
