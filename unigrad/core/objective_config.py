@@ -64,7 +64,5 @@ class ObjectiveConfig(Section):
             raise UserError(str(e.args[0])) from None
         except HyperparameterError as e:
             raise UserError(str(e)) from None
-        if self.symmetry == "asym2x" and n_views > 4:
-            raise UserError("symmetry=asym2x takes neither multi_crop nor cutmix")
         if self.snapshot_every < 0:
             raise UserError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
