@@ -72,6 +72,23 @@ def test_readme_states_each_methods_default_form():
     assert said == {name: spec.default_form for name, spec in unigrad.METHODS.items()}
 
 
+def one_row_method(name: str, term: Term, **params: Param) -> MethodSpec:
+    """A user's method with one gradient form (row "x", l2, stop-gradient target)."""
+    form = Form(key="x", kind="grad", row="", norm="l2", pos_grad="-u2", neg_grad="-", term=term)
+    return MethodSpec(
+        name=name,
+        family="user",
+        description=name,
+        target="stopgrad",
+        predictor="none",
+        loss=None,
+        grads={"x": form},
+        default_form="grad",
+        default_grad="x",
+        params=params,
+    )
+
+
 @dataclass(frozen=True)
 class Align(Term):
     """A user's gradient form: g = -weight * u2 (alignment alone)."""
@@ -81,21 +98,7 @@ class Align(Term):
 
 
 def test_a_method_built_from_ones_own_code_trains():
-    form = Form(
-        key="x", kind="grad", row="", norm="l2", pos_grad="-u2", neg_grad="-", term=Align("grad")
-    )
-    spec = MethodSpec(
-        name="align_only",
-        family="user",
-        description="alignment alone",
-        target="stopgrad",
-        predictor="none",
-        loss=None,
-        grads={"x": form},
-        default_form="grad",
-        default_grad="x",
-        params={"weight": Param(doc="the positive's weight", default=1.0)},
-    )
+    spec = one_row_method("align_only", Align("grad"), weight=Param(doc="the weight", default=1.0))
     unigrad.register(spec)
     try:
         z = _z()
@@ -128,26 +131,7 @@ class StepIndexed(Term):
 
 
 def test_a_term_sees_the_step_index():
-    form = Form(
-        key="x",
-        kind="grad",
-        row="",
-        norm="l2",
-        pos_grad="-u2",
-        neg_grad="-",
-        term=StepIndexed("grad"),
-    )
-    spec = MethodSpec(
-        name="ramp",
-        family="user",
-        description="",
-        target="stopgrad",
-        predictor="none",
-        loss=None,
-        grads={"x": form},
-        default_form="grad",
-        default_grad="x",
-    )
+    spec = one_row_method("ramp", StepIndexed("grad"))
     obj = Objective(spec, dim=16)
     z = _z()
     t = [zi.detach() for zi in z]
