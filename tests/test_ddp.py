@@ -65,6 +65,7 @@ def _free_port() -> int:
 
 def _run(args: list[str], nproc: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.setdefault("UNIGRAD_COMPILE_BACKEND", "aot_eager")  # compile: step's capture, quickly
     launch = [sys.executable, "-m", "unigrad"]
     if nproc > 1:
         launch = [
@@ -83,6 +84,7 @@ def _run(args: list[str], nproc: int) -> subprocess.CompletedProcess:
     "method",
     [
         {"method": "unigrad"},
+        {"method": "unigrad", "compile": "step"},  # the compiled step under DDP (issue 34)
         {"method": "simclr", "form": "loss"},
         # the bank is empty at step 1 (no negatives, no gradient): compare step 2's update,
         # each run from its own step-1 weights (one step per epoch, epoch checkpoints kept)

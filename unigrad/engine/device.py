@@ -146,22 +146,9 @@ def resolve_amp(cfg: Any, model: torch.nn.Module, device: torch.device, batch: i
         return torch.float16
     if cfg.amp_resolved in DTYPES:  # resumed run: keep its precision
         return DTYPES[cfg.amp_resolved]
-    net = ("backbone", "width", "cifar_stem", "norm", "image_size", "channels_last")
-    net += ("proj_depth", "proj_dim", "proj_hidden", "pred_hidden", "method")
-    key = f"{host_label(device)} | torch {torch.__version__} | batch {batch} | " + ", ".join(
-        f"{k}={getattr(cfg, k, None)}" for k in net
-    )
-    if cfg.backbone == "custom":  # one's own module: its class and size tell networks apart
-        n = sum(p.numel() for p in model.parameters())
-        key += f" | {type(model.encoder.backbone).__qualname__} with {n} parameters"
+    key = network_key(cfg, model, device, batch)
     path = amp_cache_path()
-    try:
-        cache = json.loads(path.read_text())
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, ValueError):
-        cache = {}
-    verdict = cache.get(key)
+    verdict = read_cached(key)
     cached = isinstance(verdict, dict) and verdict.get("choice") in ("fp32", "bf16")
     if not cached:
         verdict = measure_cpu_amp(model, cfg.image_size, batch, cfg.channels_last)
@@ -175,14 +162,7 @@ def resolve_amp(cfg: Any, model: torch.nn.Module, device: torch.device, batch: i
     )
     if dist.is_main():
         if not cached:
-            cache[key] = verdict
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(cache, indent=1))
-                os.replace(tmp, path)
-            except OSError:
-                pass  # a read-only cache only costs a new measurement next time
+            write_cached(key, verdict)
         print(
             f"amp auto: {verdict['choice']} on this CPU (forward/backward of {batch} images: "
             f"{timing}; {'cached in' if cached else 'measured, cached in'} {path})",
@@ -191,6 +171,47 @@ def resolve_amp(cfg: Any, model: torch.nn.Module, device: torch.device, batch: i
     cfg.amp_resolved = verdict["choice"]
     cfg.amp_measured = f"{timing} per forward/backward of {batch} images"
     return DTYPES[verdict["choice"]]
+
+
+def network_key(cfg: Any, model: torch.nn.Module, device: torch.device, batch: int) -> str:
+    """What a cached speed measurement depends on: host, torch, batch and the network."""
+    net = ("backbone", "width", "cifar_stem", "norm", "image_size", "channels_last")
+    net += ("proj_depth", "proj_dim", "proj_hidden", "pred_hidden", "method")
+    key = f"{host_label(device)} | torch {torch.__version__} | batch {batch} | " + ", ".join(
+        f"{k}={getattr(cfg, k, None)}" for k in net
+    )
+    if cfg.backbone == "custom":  # one's own module: its class and size tell networks apart
+        n = sum(p.numel() for p in model.parameters())
+        key += f" | {type(model.encoder.backbone).__qualname__} with {n} parameters"
+    return key
+
+
+def read_cached(key: str) -> Any:
+    """A cached measurement's verdict (:func:`amp_cache_path`), None when there is none."""
+    try:
+        cache = json.loads(amp_cache_path().read_text())
+    except (OSError, ValueError):
+        return None
+    return cache.get(key) if isinstance(cache, dict) else None
+
+
+def write_cached(key: str, verdict: Any) -> None:
+    """Add a verdict to the cache (atomically; a read-only cache only costs a new measurement
+    next time)."""
+    path = amp_cache_path()
+    try:
+        cache = json.loads(path.read_text())
+        cache = cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        cache = {}
+    cache[key] = verdict
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

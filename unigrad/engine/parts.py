@@ -30,7 +30,8 @@ class RunParts:
     """Everything a step changes or reads, and its schedules (one value per step).
 
     ``model``: the online network (backbone, projector, predictor); ``net``: the module the step
-    calls (``model``, wrapped in DDP and/or ``torch.compile``); ``target``: the target branch;
+    calls (``model``, wrapped in DDP; compiled by ``compile: model``,
+    :func:`unigrad.engine.compiled.choose_step`); ``target``: the target branch;
     ``objective``: the loss with its sample-set state; ``lr`` / ``momentum``: the schedules,
     one Python float per step (read by the step without touching a device); ``amp``: the
     autocast dtype or None (fp32). ``nonfinite``: a device flag, set by the step when a loss is
@@ -114,8 +115,6 @@ def build_parts(
     net: nn.Module = model
     if dist.is_dist():
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
 
     peak_lr = cfg.base_lr * cfg.batch_size / 256
     fixed = cfg.predictor_fixed_lr

@@ -8,6 +8,16 @@ from dataclasses import dataclass
 from unigrad.core.section import Section, setting
 from unigrad.errors import UserError
 
+#: ``compile`` values: no compilation, the online network only, the whole step, or measured.
+COMPILE_MODES = ("off", "model", "step", "auto")
+
+
+def compile_mode(value: object) -> str:
+    """``compile`` as one of :data:`COMPILE_MODES` (``true``/``false`` of configs written
+    before the modes existed read as ``model``/``off``)."""
+    text = str(value).lower() if value is not None else "off"
+    return {"true": "model", "false": "off", "none": "off"}.get(text, text)
+
 
 @dataclass
 class RunConfig(Section):
@@ -22,7 +32,15 @@ class RunConfig(Section):
     )
     amp_measured: str | None = setting(None, "written by the run: amp auto's timings", "untrained")
     channels_last: bool = setting(True, "channels-last memory format", "untrained")
-    compile: bool = setting(False, "torch.compile the online network", "untrained")
+    compile: str = setting(
+        "off",
+        "off | model (the online network) | step (the whole step, unigrad.engine.compiled) | "
+        "auto (step where measured faster); true/false of older configs read as model/off",
+        "untrained",
+    )
+    compile_resolved: str | None = setting(
+        None, "written by the run: the step compile auto chose or a fallback took", "untrained"
+    )
     seed: int = setting(0, "seed of every random draw (a function of seed and step)", "arch",
                         "baseline")  # fmt: skip
     deterministic: bool = setting(False, "deterministic kernels (bit-identical resume)")
@@ -35,6 +53,10 @@ class RunConfig(Section):
     tensorboard: bool = setting(True, "also log to RUN/tb (needs tensorboard)", "untrained")
 
     def check(self) -> None:
+        self.compile = compile_mode(self.compile)
+        if self.compile not in COMPILE_MODES:
+            modes = ", ".join(COMPILE_MODES)
+            raise UserError(f"compile must be one of {modes}, got {self.compile}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise UserError("amp must be auto, off, bf16 or fp16")
         if self.device not in ("auto", "cpu", "cuda"):

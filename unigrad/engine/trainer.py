@@ -32,6 +32,7 @@ from unigrad.data.evaluation import EvalData
 from unigrad.data.pipeline import TrainData, build_train_data
 from unigrad.engine import checkpoint as ckpt
 from unigrad.engine.callbacks import Callback, Interrupted, default_callbacks
+from unigrad.engine.compiled import choose_step
 from unigrad.engine.device import select_device
 from unigrad.engine.loop import run_loop
 from unigrad.engine.parts import RunParts, build_parts
@@ -44,7 +45,6 @@ from unigrad.engine.resume import (
     refuse_if_locked,
 )
 from unigrad.engine.runlog import RunLog
-from unigrad.engine.step import train_step
 from unigrad.errors import UserError
 from unigrad.eval.protocol import evaluate_features, random_init_backbone
 from unigrad.models.networks import CUSTOM
@@ -132,6 +132,7 @@ class Trainer:
         self.parts: RunParts = build_parts(
             cfg, self.device, self.steps_per_epoch, self.total_steps, backbone, feat_dim
         )
+        self.step_mode, self._step_fn = choose_step(cfg, self.parts, self.device)
         self.n_views = self.data.n_views
         self.n_target = target_views(self.n_views, cfg.symmetry)
         self.step = 0
@@ -217,7 +218,7 @@ class Trainer:
         self, views: list[torch.Tensor], gen: torch.Generator
     ) -> dict[str, torch.Tensor]:
         """One optimisation step on a list of augmented views (global first)."""
-        stats = train_step(
+        stats = self._step_fn(
             self.parts,
             views,
             gen,

@@ -1,0 +1,246 @@
+"""``compile: step``: the whole training step under ``torch.compile``.
+
+The step is two compiled regions and a backward between them:
+
+1. ``forward``: the online network on every view, the target branch, the objective with its
+   sample-set updates (F, the bank's staged keys) -> the loss and its statistics. AOTAutograd
+   compiles its backward too, so ``loss.backward()`` runs a compiled graph.
+2. ``update``: the optimiser step and the target's EMA.
+
+What stays eager is what a graph cannot hold or does not need: CutMix's CPU generator (its boxes
+are drawn before region 1 and enter as tensors), ``zero_grad``, the float16 loss scaler (its
+overflow check reads the host), the snapshot target's copy every k steps, and the bank's enqueue
+(:meth:`~unigrad.core.objective.Objective.after_step`, one ``index_copy_``). The schedules enter
+as 0-d tensors filled before each step (a kernel argument, not a host read), so one graph serves
+every step: the learning rate of each parameter group and the EMA weight ``1 - m``.
+
+On CUDA the regions run as CUDA graphs (``mode="reduce-overhead"``); on the CPU inductor
+generates C++. A configuration the regions cannot hold falls back to ``compile: model`` with one
+line saying why (:func:`step_fallback_reason`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from unigrad.core import dist
+from unigrad.core.objective import Mix
+from unigrad.engine.device import network_key, read_cached, write_cached
+from unigrad.engine.parts import RunParts
+from unigrad.engine.profiling import NullTimer
+from unigrad.engine.step import train_step
+
+#: torch.compile's backend for ``compile: step`` (tests and debugging: ``aot_eager`` captures
+#: the same graphs without generating code).
+BACKEND_ENV = "UNIGRAD_COMPILE_BACKEND"
+
+StepFn = Callable[..., dict[str, torch.Tensor]]
+
+
+def step_fallback_reason(parts: RunParts, device: torch.device) -> str | None:
+    """Why ``compile: step`` cannot capture this run's step (None: it can)."""
+    if parts.scaler.is_enabled():
+        return "float16's loss scaler checks for overflow on the host each step (use amp bf16)"
+    if device.type not in ("cpu", "cuda"):
+        return f"torch.compile has no step backend for {device.type}"
+    return None
+
+
+class CompiledStep:
+    """The training step of ``parts`` with its two regions compiled (see the module docstring).
+
+    Called as :func:`unigrad.engine.step.train_step` is (``step(parts, views, gen, index,
+    n_target=..., cutmix=...)``, with the parts it was built for); returns the same statistics
+    (device tensors). ``backend``/``mode``: ``torch.compile``'s (default: inductor, with CUDA
+    graphs on CUDA); tests pass ``backend="aot_eager"`` to check the capture quickly.
+    """
+
+    def __init__(
+        self,
+        parts: RunParts,
+        device: torch.device,
+        *,
+        backend: str | None = None,
+        mode: str | None = None,
+    ) -> None:
+        self.parts = parts
+        backend = backend or os.environ.get(BACKEND_ENV, "inductor")
+        if mode is None and backend == "inductor" and device.type == "cuda":
+            mode = "reduce-overhead"
+        self.device = device
+        self._lr_tensors = False  # made at the first call, after a resume loaded the groups
+        self.ema_weight = torch.zeros((), dtype=torch.float32, device=device)
+        self.ema = parts.target.net is not None and parts.target.kind != "snapshot"
+        opts: dict[str, Any] = {"backend": backend}
+        if mode is not None:
+            opts["mode"] = mode
+        self._forward = torch.compile(self._forward_eager, **opts)
+        self._update = torch.compile(self._update_eager, **opts)
+
+    # ---------------------------------------------------------------- the regions (traced)
+    def _forward_eager(
+        self,
+        online_views: list[torch.Tensor],
+        views: list[torch.Tensor],
+        mix: Mix | None,
+        step: int,
+        n_target: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        p = self.parts
+        with torch.autocast(views[0].device.type, dtype=p.amp or torch.float32,
+                            enabled=p.amp is not None):  # fmt: skip
+            z, pred = p.net(online_views)
+            targets = p.target(views[:n_target], z[:n_target])
+            loss = p.objective(z, targets=targets, pred=pred, mix=mix, step=step)
+        return loss, dict(p.objective.stats)
+
+    def _update_eager(self) -> None:
+        p = self.parts
+        p.optimizer.step()
+        if self.ema:
+            assert p.target.net is not None
+            online = [q.detach() for q in p.model.encoder.parameters()]
+            torch._foreach_lerp_(list(p.target.net.parameters()), online, self.ema_weight)
+            bufs = [b for b in p.target.net.buffers() if b.is_floating_point()]
+            if bufs:
+                src = [b for b in p.model.encoder.buffers() if b.is_floating_point()]
+                torch._foreach_copy_(bufs, src)
+
+    # ---------------------------------------------------------------- one step
+    def __call__(
+        self,
+        parts: RunParts,
+        views: list[torch.Tensor],
+        gen: torch.Generator,
+        step: int,
+        *,
+        n_target: int,
+        cutmix: bool = False,
+        timer: NullTimer | None = None,
+    ) -> dict[str, torch.Tensor]:
+        assert parts is self.parts, "a CompiledStep serves the parts it was built for"
+        p = self.parts
+        timer = timer or NullTimer()
+        if not self._lr_tensors:  # the schedules as 0-d tensors: one graph for every step
+            for g in p.optimizer.param_groups:
+                g["lr"] = torch.zeros((), dtype=torch.float32, device=self.device)
+            self._lr_tensors = True
+        for g in p.optimizer.param_groups:  # fill_: a kernel argument, no host read
+            g["lr"].fill_((p.peak_lr if g.get("fixed_lr") else p.lr[step]) * g.get("lr_scale", 1.0))
+        self.ema_weight.fill_(1.0 - p.momentum[step])
+        online_views, mix = views, None
+        if cutmix:
+            from unigrad.data.augment import cutmix as mix_views
+
+            with timer("cutmix"):
+                online_views, perm, ratio = mix_views(views, gen)
+                mix = Mix(perm, ratio)
+        with timer("forward (compiled)"):
+            loss, stats = self._forward(online_views, views, mix, step, n_target)
+        with timer("backward (compiled)"):
+            p.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with timer("optimizer + EMA (compiled)"):
+            self._update()
+            if p.target.kind == "snapshot":
+                p.target.update(p.model.encoder, p.momentum[step], step + 1)
+        with timer("loss + sample set"):
+            p.objective.after_step()
+        stats["loss"] = loss.detach()
+        p.mark_nonfinite(stats["loss"])
+        return stats
+
+
+def _note(line: str) -> None:
+    if dist.is_main():
+        print(line, file=sys.stderr)
+
+
+def choose_step(cfg: Any, parts: RunParts, device: torch.device) -> tuple[str, StepFn]:
+    """The step function ``cfg.compile`` asks for, and the mode it runs in (``off``,
+    ``model`` or ``step``; ``cfg.compile_resolved`` records it). ``model``: the online network
+    compiled in place (``parts.net``); ``step``: :class:`CompiledStep`, or ``model`` with one
+    line saying why when the step cannot be captured; ``auto``: ``step`` on CUDA, on a CPU the
+    faster of eager and ``step`` as measured at the first step (:class:`AutoStep`, cached)."""
+    mode = cfg.compile
+    if mode in ("step", "auto"):
+        reason = step_fallback_reason(parts, device)
+        if reason is not None:
+            _note(f"compile={mode}: {reason}; compiling the online network only (compile=model)")
+            mode = "model"
+    if mode == "model":
+        parts.net = torch.compile(parts.net)
+    cfg.compile_resolved = mode if mode != "auto" else cfg.compile_resolved
+    if mode == "step" or (mode == "auto" and device.type == "cuda"):
+        cfg.compile_resolved = "step"
+        return "step", CompiledStep(parts, device)
+    if mode == "auto":
+        return "auto", AutoStep(cfg, parts, device)
+    return mode, train_step
+
+
+def _time_steps(fn: StepFn, parts: RunParts, views: list[torch.Tensor], n: int, **kw: Any) -> float:
+    """Seconds per step of ``fn`` on ``parts`` (2 warm-up steps, then the median of ``n``)."""
+    times = []
+    for i in range(2 + n):
+        t0 = time.perf_counter()
+        stats = fn(parts, views, torch.Generator().manual_seed(i), i, **kw)
+        stats["loss"].sum().tolist()  # wait for the step (a measurement, not the training loop)
+        times.append(time.perf_counter() - t0)
+    return sorted(times[2:])[n // 2]
+
+
+class AutoStep:
+    """``compile: auto`` on a CPU: at the first step, on copies of the run's parts and its
+    first views, times the eager step against :class:`CompiledStep` (the compilation itself not
+    counted) and runs the faster one from then on; the verdict is cached per host, torch and
+    network (:func:`unigrad.engine.device.network_key`), and ``cfg.compile_resolved`` records it.
+    The run's own parts are not touched by the measurement."""
+
+    def __init__(self, cfg: Any, parts: RunParts, device: torch.device, iters: int = 5) -> None:
+        self.cfg, self.parts, self.device, self.iters = cfg, parts, device, iters
+        self.step_fn: StepFn | None = None
+
+    def _measure(self, views: list[torch.Tensor], **kw: Any) -> dict[str, Any]:
+        with torch.random.fork_rng(devices=[]):
+            eager_s = _time_steps(train_step, copy.deepcopy(self.parts), views, self.iters, **kw)
+            trial = copy.deepcopy(self.parts)
+            compiled = CompiledStep(trial, self.device)
+            step_s = _time_steps(compiled, trial, views, self.iters, **kw)
+        choice = "step" if step_s < eager_s else "off"
+        return {"choice": choice, "eager_ms": round(eager_s * 1e3, 2),
+                "step_ms": round(step_s * 1e3, 2)}  # fmt: skip
+
+    def __call__(self, parts: RunParts, views: list[torch.Tensor], gen: torch.Generator,
+                 step: int, **kw: Any) -> dict[str, torch.Tensor]:  # fmt: skip
+        if self.step_fn is None:
+            batch = views[0].shape[0]
+            key = "compile | " + network_key(self.cfg, self.parts.model, self.device, batch)
+            verdict = read_cached(key)
+            cached = isinstance(verdict, dict) and verdict.get("choice") in ("off", "step")
+            if not cached:
+                verdict = self._measure(views, **kw)
+            if dist.is_dist():  # rank 0's verdict holds for every rank
+                flag = torch.tensor([1.0 if verdict["choice"] == "step" else 0.0])
+                flag = flag.to(self.device)
+                torch.distributed.broadcast(flag, 0)
+                verdict = {**verdict, "choice": "step" if flag.item() else "off"}
+            if dist.is_main() and not cached:
+                write_cached(key, verdict)
+            _note(
+                f"compile auto: {verdict['choice']} (eager {verdict['eager_ms']:g} ms, "
+                f"step {verdict['step_ms']:g} ms per step; {'cached' if cached else 'measured'})"
+            )
+            self.cfg.compile_resolved = verdict["choice"]
+            step_fn = train_step
+            if verdict["choice"] == "step":
+                step_fn = CompiledStep(self.parts, self.device)
+            self.step_fn = step_fn
+        return self.step_fn(parts, views, gen, step, **kw)
