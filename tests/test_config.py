@@ -98,6 +98,20 @@ def test_method_defaults_reach_only_their_method_and_give_way(capsys):
     assert "method_defaults corr_source=online does not fit" in capsys.readouterr().err
     with pytest.raises(UserError, match="cutmix needs corr_source=target"):
         build_config(quick, {"cutmix": True, "corr_source": "online"})
+
+
+def test_method_defaults_set_optimiser_keys_unless_a_later_layer_does():
+    """cifar-quick gives UniGrad weight decay 2e-3 (issue 37): over the preset's own 5e-4,
+    under a later layer's value, and never to another method."""
+    quick = load_yaml("cifar-quick")
+    assert quick["weight_decay"] == 5.0e-4
+    assert build_config(quick).weight_decay == 2.0e-3
+    assert build_config(quick, {"method": "simclr"}).weight_decay == 5.0e-4
+    assert build_config(quick, {"weight_decay": 1e-4}).weight_decay == 1e-4
+    pinned = {"method_defaults": {"unigrad": {"weight_decay": 5.0e-4}}}
+    assert build_config(quick, pinned).weight_decay == 5.0e-4
+    with pytest.raises(UserError, match="has no hyperparameter 'width'"):
+        build_config(quick, {"method_defaults": {"unigrad": {"width": 1.0}}})
     with pytest.raises(UserError, match="unknown method 'unigard'"):
         build_config({"method_defaults": {"unigard": {"rho": 0.9}}})
     with pytest.raises(UserError, match="simclr has no hyperparameter 'rho'"):

@@ -191,12 +191,22 @@ def _flatten_sections(layer: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _method_defaults(layers: tuple[dict[str, Any], ...]) -> dict[str, dict[str, Any]]:
+#: Optimiser keys a protocol may set per method in ``method_defaults`` (the cifar-quick preset
+#: gives UniGrad ``weight_decay: 2.0e-3``, chosen on val in issue 37).
+METHOD_TRAINING_KEYS = tuple(f.name for f in fields(OptimConfig))
+
+
+def _method_defaults(
+    layers: tuple[dict[str, Any], ...],
+) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
     """The layers' ``method_defaults`` blocks merged (later wins), each method and key checked:
-    ``{method: {hyperparameter: value}}``, a protocol's choice for one method that a run of
-    another method does not see (the cifar-quick preset gives UniGrad ``corr_source: online``)."""
+    ``{method: {hyperparameter or optimiser key: value}}``, a protocol's choice for one method
+    that a run of another method does not see (the cifar-quick preset gives UniGrad
+    ``corr_source: online``). Also returns, per (method, key), the index of the layer that gave
+    it: an optimiser key set by a later layer wins over it."""
     merged: dict[str, dict[str, Any]] = {}
-    for layer in layers:
+    origin: dict[tuple[str, str], int] = {}
+    for i, layer in enumerate(layers):
         block = layer.get("method_defaults") or {}
         if not isinstance(block, dict):
             raise UserError("method_defaults must map a method to {hyperparameter: value}")
@@ -212,12 +222,14 @@ def _method_defaults(layers: tuple[dict[str, Any], ...]) -> dict[str, dict[str, 
             params = get_method(name).params
             for k in values:
                 _check(
-                    k in params,
+                    k in params or k in METHOD_TRAINING_KEYS,
                     f"method_defaults.{name}: {name} has no hyperparameter {k!r}; "
-                    f"it takes {', '.join(params) or 'none'} (`unigrad methods`)",
+                    f"it takes {', '.join(params) or 'none'} (`unigrad methods`) and the "
+                    "optimiser keys (the optim section: README, Configuration)",
                 )
+                origin[(name, k)] = i
             merged.setdefault(name, {}).update(values)
-    return merged
+    return merged, origin
 
 
 def build_config(*layers: dict[str, Any]) -> Config:
@@ -227,7 +239,7 @@ def build_config(*layers: dict[str, Any]) -> Config:
     method where no layer sets that hyperparameter (recorded in ``hparams``, so the run's
     config.yaml says what was used)."""
     layers = tuple(_flatten_sections(layer) for layer in layers)
-    defaults = _method_defaults(layers)
+    defaults, origin = _method_defaults(layers)
     layers = tuple(
         _route_hparams({k: v for k, v in layer.items() if k != "method_defaults"})
         for layer in layers
@@ -243,7 +255,13 @@ def build_config(*layers: dict[str, Any]) -> Config:
         msg = str(e.msg).splitlines()[0]  # OmegaConf appends full_key/object_type lines
         raise UserError(f"invalid value for config key {key!r}: {msg}") from None
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    given = {k: v for k, v in defaults.get(cfg.method, {}).items() if cfg.hparams.get(k) is None}
+    own = defaults.get(cfg.method, {})
+    for k in [k for k in own if k in METHOD_TRAINING_KEYS]:
+        if not any(k in layer for layer in layers[origin[(cfg.method, k)] + 1 :]):
+            setattr(cfg, k, own[k])  # the protocol's value unless a later layer sets the key
+    given = {
+        k: v for k, v in own.items() if k not in METHOD_TRAINING_KEYS and cfg.hparams.get(k) is None
+    }
     try:
         validate(replace(cfg, hparams={**cfg.hparams, **given}))
         cfg.hparams.update(given)
