@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import fields
 from typing import Any, NamedTuple
 
@@ -68,7 +69,9 @@ def device_decode_available(device: torch.device) -> bool:
         from torchvision.io import decode_jpeg
 
         probe = torch.frombuffer(bytearray(_tiny_jpeg()), dtype=torch.uint8)
-        decode_jpeg([probe], device=device)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+            decode_jpeg([probe], device=device)
         return True
     except (ImportError, RuntimeError, TypeError):
         return False
@@ -255,7 +258,9 @@ def decode_and_crop(
     images: list[Any] = [None] * len(items)
     if jpegs:
         data = [items[i].data for i in jpegs]
-        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        with warnings.catch_warnings():  # deprecated for TorchCodec, which has no GPU batch
+            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         for i, img in zip(jpegs, decoded, strict=True):
             images[i] = img
     for i, it in enumerate(items):
