@@ -50,6 +50,7 @@ def ks(a: torch.Tensor, b: torch.Tensor) -> float:
         (K.adjust_contrast, TF.adjust_contrast, [0.6, 1.0, 1.3, 0.0]),
         (K.adjust_saturation, TF.adjust_saturation, [0.6, 1.0, 1.4, 0.0]),
         (K.adjust_hue, TF.adjust_hue, [-0.1, 0.0, 0.05, 0.5]),
+        (K.adjust_hue_direct, TF.adjust_hue, [-0.1, 0.0, 0.05, 0.5]),
     ],
 )
 def test_batched_jitter_ops_match_torchvision_per_sample(ours, theirs, factors):
@@ -115,10 +116,11 @@ def test_op_probabilities_and_jitter_order():
     assert p.sigma.min() >= 0.1 and p.sigma.max() <= 2.0
 
 
-def test_both_pipelines_draw_crop_and_jitter_from_the_same_distribution():
+@pytest.mark.parametrize("pipeline", ["fast", "folder"])
+def test_both_pipelines_draw_crop_and_jitter_from_the_same_distribution(pipeline):
     spec = AugmentSpec(image_size=224, crop_scale_min=0.2, hue=0.1)
     std = sampled_params("standard", spec, 0, 3000, 224, 224, seed=0)
-    fast = sampled_params("fast", spec, 0, 3000, 224, 224, seed=1)
+    fast = sampled_params(pipeline, spec, 0, 3000, 224, 224, seed=1)
     for key in std:  # KS critical value at alpha 0.001 for 3000 vs 3000 draws: 0.050
         assert ks(std[key], fast[key]) < 0.05, key
     wrong = AugmentSpec(image_size=224, crop_scale_min=0.3, brightness=0.5, hue=0.12)
@@ -126,7 +128,7 @@ def test_both_pipelines_draw_crop_and_jitter_from_the_same_distribution():
     assert all(ks(std[k], off[k]) > 0.08 for k in ("scale", "brightness", "hue"))
     # at 32 px torchvision rounds boxes to whole pixels; the fast pipeline's stay continuous
     std32 = sampled_params("standard", spec, 0, 3000, 32, 32, seed=0)
-    fast32 = sampled_params("fast", spec, 0, 3000, 32, 32, seed=1)
+    fast32 = sampled_params(pipeline, spec, 0, 3000, 32, 32, seed=1)
     assert abs(std32["scale"].mean() - fast32["scale"].mean()) < 0.02
 
 

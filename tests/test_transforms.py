@@ -36,7 +36,7 @@ def checksum(views: list[torch.Tensor]) -> list[float]:
 # --- per-view probabilities ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("pipeline", "n"), [("fast", 4000), ("standard", 4000)])
+@pytest.mark.parametrize(("pipeline", "n"), [("fast", 4000), ("standard", 4000), ("folder", 4000)])
 def test_byol_recipe_draws_blur_and_solarize_per_view(pipeline, n):
     spec = AugmentSpec(image_size=16, **BYOL)
     for view, blur, solarize in ((0, 1.0, 0.0), (1, 0.1, 0.2)):

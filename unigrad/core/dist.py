@@ -66,6 +66,22 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x / world_size()
 
 
+@torch.no_grad()
+def gather_strided(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Undo a strided sharding: rank ``r`` holds items ``r, r + W, r + 2W, ...`` of ``n`` as
+    ``x`` [ceil((n - r) / W), ...]; returns all ``n`` items in order, [n, ...], on every rank
+    (shards padded to one length for the all_gather, the padding dropped)."""
+    if not is_dist():
+        return x.detach()
+    w = world_size()
+    per = -(-n // w)
+    padded = x.new_zeros((per, *x.shape[1:]))
+    padded[: x.shape[0]] = x.detach()
+    parts = [torch.empty_like(padded) for _ in range(w)]
+    dist.all_gather(parts, padded)
+    return torch.stack(parts, 1).reshape(per * w, *x.shape[1:])[:n]
+
+
 def local_slice(n_local: int) -> slice:
     """Rows of a gathered [W*N, ...] tensor that belong to this rank."""
     r = rank()

@@ -57,6 +57,7 @@ __all__ = [
     "apply_view",
     "check_images",
     "cutmix",
+    "finish_view",
     "parse_multi_crop",
     "sample_view_params",
     "sampled_params",
@@ -145,18 +146,38 @@ def apply_view(
     n = x.shape[0]
     rois = torch.cat((torch.arange(n, dtype=p.boxes.dtype)[:, None], p.boxes), 1)
     v = K.crop_resize(x, rois.to(x.device, non_blocking=True), size)
+    return finish_view(spec, v, p, channels_last)
+
+
+def finish_view(
+    spec: AugmentSpec,
+    v: torch.Tensor,
+    p: ViewParams,
+    channels_last: bool = False,
+    direct: bool = False,
+) -> torch.Tensor:
+    """Everything of a view after its crop: v [N, 3, s, s] float in [0, 1], the crops of
+    ``p.boxes`` -> flipped, jittered, grayscale, blurred, solarized (per ``p``) and normalised
+    [N, 3, s, s], in place where it can. ``p.boxes`` is not read (the standard pipeline's
+    workers cut the crops, :mod:`unigrad.data.crops`). ``direct``: the faster hue and blur
+    kernels (:func:`~unigrad.data.kernels.adjust_hue_direct`,
+    :func:`~unigrad.data.kernels.gaussian_blur_matmul`, equal up to float rounding); the fast
+    pipeline keeps the reference kernels, so recorded runs stay bit-identical."""
+    jitter_ops = K.JITTER_OPS_DIRECT if direct else K.JITTER_OPS
+    blur = K.gaussian_blur_matmul if direct else K.gaussian_blur
+    size = v.shape[-1]
     v = _apply(v, p.flip, lambda t: t.flip(-1))
     identity = [lo == hi for lo, hi in spec.jitter_ranges()]  # torchvision skips these ops
     for k in range(4):
-        for op, fn in enumerate(K.JITTER_OPS):
+        for op, fn in enumerate(jitter_ops):
             if not identity[op]:
                 v = _apply(v, p.jitter & (p.order[:, k] == op), fn, p.factors[:, op])
     v = _apply(v, p.gray, lambda t: K.grayscale(t).repeat(1, 3, 1, 1))
     ksize = K.blur_kernel_size(size)
-    v = _apply(v, p.blur, lambda t, s: K.gaussian_blur(t, s, ksize), p.sigma)
+    v = _apply(v, p.blur, lambda t, s: blur(t, s, ksize), p.sigma)
     v = _apply(v, p.solarize, lambda t: K.solarize(t, SOLARIZE_THRESHOLD))
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(MEAN, device=v.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=v.device).view(1, 3, 1, 1)
     v = (v - mean) / std
     return v.contiguous(memory_format=torch.channels_last) if channels_last else v
 
@@ -362,15 +383,23 @@ def sampled_params(
     """N draws of one view's crop and jitter parameters for an H x W image, by either pipeline.
 
     ``standard`` calls the torchvision transforms' own ``make_params``; ``fast`` calls
-    :func:`sample_view_params`. Returns [N] tensors: ``scale`` (crop area / image area),
+    :func:`sample_view_params`; ``folder`` (``standard`` on an image folder,
+    :mod:`unigrad.data.crops`) draws sample i's parameters from (seed, epoch 0, i).
+    Returns [N] tensors: ``scale`` (crop area / image area),
     ``aspect`` (crop width / height), ``brightness``, ``contrast``, ``saturation``, ``hue``;
     with ``ops`` also [N] bool ``flip``, ``jitter``, ``gray``, ``blur``, ``solarize``: whether
     each op applies (``standard``: its torchvision transform, run on a small probe image,
     returned a new image; jitter and blur: a ``RandomApply`` of the same ``p`` around a copy).
     """
     vs = spec.views()[view]
-    if pipeline == "fast":
-        p = sample_view_params(spec, vs, n, height, width, torch.Generator().manual_seed(seed))
+    if pipeline in ("fast", "folder"):
+        if pipeline == "fast":
+            g = torch.Generator().manual_seed(seed)
+            p = sample_view_params(spec, vs, n, height, width, g)
+        else:  # standard on a folder: drawn per (seed, epoch, index) in the workers
+            from unigrad.data.crops import cat_params, draw_params
+
+            p = cat_params([draw_params(spec, seed, 0, i, height, width)[view] for i in range(n)])
         w, h = (p.boxes[:, 2] - p.boxes[:, 0]), (p.boxes[:, 3] - p.boxes[:, 1])
         f = p.factors
         flags = {k: getattr(p, k) for k in OPS}

@@ -7,6 +7,7 @@ from unigrad.core.section import Section, setting
 from unigrad.errors import UserError
 
 PIPELINES = ("auto", "fast", "standard")
+DECODES = ("auto", "cpu", "device")
 
 
 @dataclass
@@ -28,7 +29,17 @@ class DataConfig(Section):
     pipeline: str = setting(
         "auto", "fast | standard | auto (fast when the split fits in memory)", "untrained"
     )
-    workers: int = setting(2, "DataLoader workers of the standard pipeline", "untrained")
+    workers: int | None = setting(
+        None,
+        "DataLoader workers of the standard pipeline (None: the cores present, <= 8)",
+        "untrained",
+    )
+    decode: str = setting(
+        "auto",
+        "standard pipeline on a folder: JPEG decoding on cpu (workers) | device (the "
+        "GPU, torchvision.io) | auto (device when training on CUDA)",
+        "untrained",
+    )
     bad_images: str = setting("skip", "skip (warn, count) | fail: unreadable images", "untrained")
 
     def check(self) -> None:
@@ -44,5 +55,7 @@ class DataConfig(Section):
             raise UserError("pipeline must be auto, fast or standard")
         if self.bad_images not in ("skip", "fail"):
             raise UserError("bad_images must be skip or fail")
-        if self.workers < 0:
-            raise UserError(f"workers must be >= 0, got {self.workers}")
+        if self.workers is not None and self.workers < 0:
+            raise UserError(f"workers must be >= 0 (or null: from the cores), got {self.workers}")
+        if self.decode not in DECODES:
+            raise UserError(f"decode must be auto, cpu or device, got {self.decode!r}")

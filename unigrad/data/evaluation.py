@@ -4,7 +4,10 @@ set) and its eval split, seen through one deterministic view.
 The view is :func:`eval_transform`: up to 64 px a resize to ``size`` x ``size``; above, the
 shorter side resized to ``size * 256 / 224`` and a centre crop of ``size`` (the ImageNet
 protocol); then normalised with MEAN/STD. The trainer's kNN monitor and final evaluation and
-``unigrad knn|linear|semisup`` all take their features from :class:`EvalData`.
+``unigrad knn|linear|semisup`` all take their features from :class:`EvalData`. In a distributed
+run each rank extracts a shard of every split and the features are gathered (no rank waits
+for another to extract a whole split); the in-training monitor may use a fixed subset
+(``knn_subset``).
 
 A split already decoded in memory (the fast pipeline's uint8 tensor) takes the same view as one
 tensor (:func:`normalize_uint8`) where the view is a plain resize (up to 64 px), which spares
@@ -17,9 +20,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.transforms import v2
 
+from unigrad.core import dist
 from unigrad.data.datasets import MEAN, STD
 from unigrad.data.inmemory import Uint8Split
 from unigrad.data.sources import Source
@@ -51,6 +55,15 @@ def normalize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def fixed_subset(ds: Dataset, limit: int) -> Dataset:
+    """``limit`` > 0 items of ``ds`` evenly spaced over it (the same at every call; sorted
+    folders give every class its share), or ``ds`` itself when it is not larger."""
+    n = len(ds)  # type: ignore[arg-type]
+    if limit <= 0 or n <= limit:
+        return ds
+    return Subset(ds, torch.linspace(0, n - 1, limit).round().long().tolist())
 
 
 class EvalData:
@@ -97,7 +110,7 @@ class EvalData:
 
     def loader(self, ds: Dataset) -> DataLoader:
         """Batches of ``ds`` in order (a TensorDataset of in-memory views: in this process)."""
-        if isinstance(ds, TensorDataset):
+        if isinstance(getattr(ds, "dataset", ds), TensorDataset):
             return DataLoader(ds, batch_size=MEMORY_BATCH)
         return DataLoader(
             ds, batch_size=self.batch_size, num_workers=self.workers, pin_memory=self.pin_memory
@@ -106,17 +119,31 @@ class EvalData:
     def extract(
         self, backbone: nn.Module, ds: Dataset, device: torch.device, progress: bool | None = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features [N, D] float32, labels [N] int64) of ``backbone`` in eval mode over ``ds``."""
+        """(features [N, D] float32, labels [N] int64) of ``backbone`` in eval mode over ``ds``.
+
+        In a distributed run every rank must call it: each extracts its strided shard
+        (items rank, rank + W, ...) and all get the whole split in order
+        (:func:`~unigrad.core.dist.gather_strided`)."""
         from unigrad.eval.features import extract_features
 
-        return extract_features(backbone, self.loader(ds), device, progress=progress)
+        n, rank, world = len(ds), dist.rank(), dist.world_size()  # type: ignore[arg-type]
+        if world > 1:
+            ds = Subset(ds, range(rank, n, world))
+        feats, labels = extract_features(backbone, self.loader(ds), device, progress=progress)
+        return dist.gather_strided(feats, n), dist.gather_strided(labels, n)
 
     @torch.no_grad()
     def features(
-        self, backbone: nn.Module, device: torch.device, progress: bool | None = False
+        self,
+        backbone: nn.Module,
+        device: torch.device,
+        progress: bool | None = False,
+        limit: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(train_feats [N, D], train_labels [N], eval_feats [M, D], eval_labels [M])."""
-        train, held = self.datasets()
+        """(train_feats [N, D], train_labels [N], eval_feats [M, D], eval_labels [M]), sharded
+        over the ranks (every rank calls it; see :meth:`extract`). ``limit`` > 0: at most that
+        many images of each split, a fixed subset (:func:`fixed_subset`)."""
+        train, held = (fixed_subset(ds, limit) for ds in self.datasets())
         return (
             *self.extract(backbone, train, device, progress),
             *self.extract(backbone, held, device, progress),

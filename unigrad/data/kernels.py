@@ -82,8 +82,34 @@ def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return hsv_to_rgb(hsv)
 
 
+def adjust_hue_direct(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """:func:`adjust_hue` in fewer passes (about 3x faster on the CPU at 224 px): a hue
+    rotation keeps V = max and V * S = max - min, so each channel is
+    ``max - (max - min) * clamp(min(k, 4 - k), 0, 1)``, k = (6 h' + 5, 3, 1) mod 6, with no
+    trip through S. Equal to :func:`adjust_hue` up to float rounding (~1e-6); f: [M]."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(1), x.amin(1)
+    span = maxc - minc
+    safe = torch.where(span == 0, torch.ones_like(span), span)
+    h = torch.where(
+        maxc == r,
+        (g - b) / safe,
+        torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe),
+    )
+    h = torch.where(span == 0, torch.zeros_like(h), h)
+    h6 = ((h / 6.0 + 1.0).fmod(1.0) + f.view(-1, 1, 1)).remainder(1.0) * 6.0
+    out = []
+    for shift in (5.0, 3.0, 1.0):
+        k = (h6 + shift).remainder_(6.0)
+        out.append(maxc - span * torch.minimum(k, 4.0 - k).clamp_(0, 1))
+    return torch.stack(out, 1)
+
+
 #: Colour jitter ops in torchvision's ``ColorJitter`` numbering (its ``fn_idx``).
 JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+#: The same with :func:`adjust_hue_direct` (the standard pipeline on folders; the fast
+#: pipeline keeps :data:`JITTER_OPS`, so recorded runs stay bit-identical).
+JITTER_OPS_DIRECT = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue_direct)
 
 
 def solarize(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -107,6 +133,37 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     y = F.conv2d(y, k.view(m * c, 1, 1, kernel_size), groups=m * c)
     y = F.conv2d(y, k.view(m * c, 1, kernel_size, 1), groups=m * c)
     return y.view(m, c, h, w)
+
+
+def blur_matrix(sigma: torch.Tensor, kernel_size: int, n: int) -> torch.Tensor:
+    """[M, n, n] matrices B with ``x @ B`` = the 1-D Gaussian blur (sigma [M]) of rows of
+    length n, reflect padding folded in (as :func:`gaussian_blur`'s pad + conv)."""
+    m, pad = sigma.shape[0], kernel_size // 2
+    lim = (kernel_size - 1) / (2.0 * math.sqrt(2.0))
+    t = torch.linspace(-lim, lim, kernel_size, dtype=torch.float32, device=sigma.device)
+    k = torch.softmax(-((t / sigma.float().view(-1, 1)) ** 2), dim=1)  # [M, K]
+    out = torch.arange(n, device=sigma.device).view(n, 1)
+    src = out + torch.arange(-pad, pad + 1, device=sigma.device).view(1, -1)  # [n, K]
+    src = src.abs()  # reflect at 0 (-1 -> 1) and at n - 1 (n -> n - 2)
+    src = torch.where(src > n - 1, 2 * (n - 1) - src, src)
+    b = torch.zeros(m, n, n, dtype=torch.float32, device=sigma.device)
+    rows = src.expand(m, n, kernel_size).reshape(m, -1)
+    cols = out.expand(n, kernel_size).reshape(1, -1).expand(m, -1)
+    vals = k.view(m, 1, kernel_size).expand(m, n, kernel_size).reshape(m, -1)
+    return b.view(m, -1).scatter_add_(1, rows * n + cols, vals).view(m, n, n)
+
+
+def gaussian_blur_matmul(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """:func:`gaussian_blur` as two batched matrix products (:func:`blur_matrix`): several
+    times faster on the CPU than the grouped convolution at 224 px, equal up to float rounding
+    (~1e-6); sigma: [M]. Needs kernel_size // 2 < H, W (reflect padding)."""
+    m, c, h, w = x.shape
+    bw = blur_matrix(sigma, kernel_size, w).to(x.dtype).transpose(1, 2).repeat_interleave(c, 0)
+    bh = bw if h == w else blur_matrix(sigma, kernel_size, h).to(x).transpose(1, 2)
+    bh = bh if h == w else bh.repeat_interleave(c, 0)
+    planes = x.reshape(m * c, h, w)
+    y = torch.bmm(bw, planes.transpose(1, 2))  # rows blurred, [M*C, W, H] (faster this way)
+    return torch.bmm(bh, y.transpose(1, 2)).view(m, c, h, w)
 
 
 def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:

@@ -6,9 +6,13 @@ Three kinds, one interface (:class:`TrainData`):
   [N, 3, H, W] (:meth:`~unigrad.data.sources.Source.load_uint8`); whole batches are augmented
   as tensors (:class:`unigrad.data.augment.FastAugment`) with a generator seeded by
   (seed, step, rank);
-* ``standard`` (:class:`LoaderData`): any Dataset of (image, label), a source's split or a
-  user's Dataset, augmented per image in DataLoader workers, randomness a pure function of
-  (seed, epoch, index);
+* ``standard`` on an image folder (:class:`CropData`, :mod:`unigrad.data.crops`): persistent
+  workers cut uint8 crops from a reduced JPEG decode, the rest of the recipe runs on whole
+  batches (in the workers on the CPU, on the device otherwise; ``decode: device`` decodes
+  the JPEGs on the GPU); randomness a pure function of (seed, epoch, index);
+* ``standard`` on any other Dataset of (image, label) (:class:`LoaderData`: another source's
+  split or a user's Dataset), augmented per image in DataLoader workers, randomness a pure
+  function of (seed, epoch, index);
 * a user's DataLoader of ready views (:class:`GivenLoaderData`), taken as given.
 
 Either way the sampler's permutation depends on (seed, epoch) only, so a run can restart at any
@@ -32,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from unigrad.config import Config
 from unigrad.core import dist
-from unigrad.data import augment, inmemory
+from unigrad.data import augment, crops, inmemory
 from unigrad.data import datasets as data
 from unigrad.data.evaluation import EvalData
 from unigrad.data.sources import Source, source_from_config
@@ -135,7 +139,10 @@ class LoaderData(TrainData):
     def _loader(self, dataset: Any, **batching: Any) -> DataLoader:
         """``batching``: batch_sampler=... or batch_size=..."""
         return DataLoader(
-            dataset, num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda", **batching
+            dataset,
+            num_workers=crops.default_workers(self.cfg.workers),
+            pin_memory=self.device.type == "cuda",
+            **batching,
         )
 
     def epoch(self, epoch, start, gen_for_step):
@@ -150,6 +157,55 @@ class LoaderData(TrainData):
         subset = torch.utils.data.Subset(self.dataset, range(n))
         views, _ = next(iter(self._loader(subset, batch_size=n)))
         return self._to_device(views)
+
+
+class CropData(TrainData):
+    """``standard`` on an image folder (:mod:`unigrad.data.crops`): persistent workers read,
+    decode (at a reduced JPEG scale where the crops allow) and cut uint8 crops; the rest of
+    the recipe runs on whole batches, in the workers on the CPU, on the device otherwise.
+    With ``decode: device`` (auto: on CUDA, where torchvision can) the workers send JPEG
+    bytes, decoded and cropped on the device. Views depend on (seed, epoch, index) only."""
+
+    def __init__(self, cfg: Config, device: torch.device, folder: data.SafeImageFolder) -> None:
+        super().__init__(cfg, device)
+        raw = cfg.decode == "device" or (
+            cfg.decode == "auto" and crops.device_decode_available(device)
+        )
+        self.dataset = crops.CropViews(folder, self.spec, cfg.seed, raw=raw)
+        on_cpu = device.type == "cpu"
+        self.collate = crops.Collate(self.spec, finish=on_cpu and not raw)
+        self.steps_per_epoch = self._steps(len(self.dataset))
+        self.keys = crops.EpochKeys(self._sampler(len(self.dataset), 0, 0))
+        self.workers = crops.default_workers(cfg.workers)
+        self.loader: DataLoader | None = None  # built at the first epoch, kept (persistent)
+
+    def _views(self, batch: crops.CropBatch) -> list[torch.Tensor]:
+        """A collated batch -> the finished views on the device."""
+        if batch.views is not None:
+            return self._to_device(batch.views)
+        if batch.crops is not None:
+            x = [c.to(self.device, non_blocking=True) for c in batch.crops]
+        else:
+            x = crops.decode_and_crop(batch.items, batch.params, self.dataset.sizes, self.device)
+        return crops.finish_views(self.spec, x, batch.params, self.cfg.channels_last)
+
+    def epoch(self, epoch, start, gen_for_step):
+        self.keys.sampler.set_epoch(epoch, start)
+        if self.loader is None:
+            self.loader = DataLoader(
+                self.dataset,
+                batch_sampler=self.keys,
+                collate_fn=self.collate,
+                num_workers=self.workers,
+                persistent_workers=self.workers > 0,
+                pin_memory=self.device.type == "cuda",
+            )
+        for batch in self.loader:
+            yield self._views(batch)
+
+    def _make_probe(self, n):
+        n = min(n, len(self.dataset))
+        return self._views(self.collate([self.dataset[(-1, i)] for i in range(n)]))
 
 
 class GivenLoaderData(TrainData):
@@ -257,13 +313,16 @@ def data_from_source(
     if memory is not None:
         train: TrainData = FastData(cfg, device, memory)
     else:
-        train = LoaderData(cfg, device, source.open(train_split))
+        base = source.open(train_split)
+        folder = isinstance(base, data.SafeImageFolder)
+        train = CropData(cfg, device, base) if folder else LoaderData(cfg, device, base)
     evaluation = None
     if source.has_split(eval_split):
         splits = {"train_split": train_split, "eval_split": eval_split}
         cuda = device.type == "cuda"
+        workers = crops.default_workers(cfg.workers)
         evaluation = EvalData(
-            source, size, **splits, memory=memory, workers=cfg.workers, pin_memory=cuda
+            source, size, **splits, memory=memory, workers=workers, pin_memory=cuda
         )
     return RunData(train, evaluation, size)
 

@@ -252,12 +252,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def _scores(self, backbone: nn.Module, final: bool, prefix: str = "") -> dict[str, float]:
-        """The evaluation protocol (:mod:`unigrad.eval.protocol`) on the eval split's features;
-        the linear probe only at the end. {} without an eval split."""
+        """The evaluation protocol (:mod:`unigrad.eval.protocol`) on features every rank
+        extracts a shard of; the linear probe only at the end. {} off rank 0 or no eval split."""
         if self.eval_data is None:
             return {}
-        feats = self.eval_data.features(backbone, self.device)
         c = self.cfg
+        feats = self.eval_data.features(backbone, self.device, limit=0 if final else c.knn_subset)
+        if not dist.is_main():
+            return {}
         return evaluate_features(
             *feats,
             k=c.knn_k,
@@ -270,12 +272,10 @@ class Trainer:
         )
 
     def evaluate(self, final: bool) -> dict[str, float]:
-        """kNN monitor on the eval split (rank 0); at the end optionally a linear probe on the
-        same features and the random-init baseline."""
-        if not dist.is_main():
-            return {}
+        """kNN monitor (every rank calls it, rank 0 scores); at the end optionally a linear
+        probe on the same features and the random-init baseline."""
         out = self._scores(self.model.encoder.backbone, final)
-        if final and self.cfg.knn_baseline and out:
+        if final and self.cfg.knn_baseline and self.eval_data is not None:
             keys = ("backbone", "width", "cifar_stem", "image_size", "norm", "seed")
             init = random_init_backbone(
                 **{k: getattr(self.cfg, k) for k in keys}, device=self.device

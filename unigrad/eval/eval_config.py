@@ -16,6 +16,12 @@ class EvalConfig(Section):
     knn_every: int = setting(1, "epochs between kNN monitors (0: only at the end)", "untrained")
     knn_k: int = setting(200, "neighbours of the weighted kNN classifier", "baseline")
     knn_t: float = setting(0.1, "temperature of the kNN vote weights", "baseline")
+    knn_subset: int = setting(
+        0,
+        "images of each split in the in-training kNN monitor, a fixed evenly spaced "
+        "subset (0: all; the final evaluation always uses all)",
+        "untrained",
+    )
     knn_baseline: bool = setting(
         False, "also evaluate the randomly initialised backbone at the end", "untrained"
     )
@@ -28,7 +34,7 @@ class EvalConfig(Section):
     probe_size: int = setting(128, "images in the fixed diagnostics probe batch", "untrained")
 
     def check(self) -> None:
-        for key in ("knn_every", "final_linear_epochs", "diag_every"):
+        for key in ("knn_every", "knn_subset", "final_linear_epochs", "diag_every"):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.knn_k < 1:
