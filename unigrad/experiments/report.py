@@ -54,13 +54,18 @@ PLOTS = (
     Plot("knn.png", "kNN accuracy", (Panel("kNN top-1 (%)", ("knn_top1",)),)),
     Plot(
         "pc_ratio.png",
-        "Principal component ratio (components to 90% of the variance)",
-        (Panel("components", ("diag/pc_ratio",)),),
+        "Principal component ratio (components to 90% of the variance) and RankMe",
+        (Panel("components", ("diag/pc_ratio",)), Panel("RankMe", ("diag/rankme",))),
     ),
     Plot(
         "channel_std.png",
         "Per-channel std of the l2-normalised output (dashed: 1/sqrt(C))",
         (Panel("std", ("diag/channel_std",)),),
+    ),
+    Plot(
+        "probe.png",
+        "Online linear probe accuracy (eval split)",
+        (Panel("linear top-1 (%)", ("probe/linear_top1",)),),
     ),
     Plot(
         "barlow_diag.png",
@@ -76,7 +81,9 @@ FINAL_COLUMNS = (
     "diag/neg_cos",
     "knn_top1",
     "knn_top5",
+    "probe/linear_top1",
     "diag/pc_ratio",
+    "diag/rankme",
     "diag/channel_std",
 )
 
