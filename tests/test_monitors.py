@@ -2,6 +2,8 @@
 Weights & Biases."""
 
 import sys
+import time
+import types
 
 import pytest
 import torch
@@ -128,6 +130,18 @@ def test_wandb_without_the_extra_is_a_one_line_hint(folder, tmp_path, monkeypatc
     assert "unigrad[wandb]" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_wandb_that_cannot_start_is_a_one_line_error(folder, tmp_path, monkeypatch):
+    def init(**kw):
+        raise RuntimeError("api_key not configured (no-tty)\ncall wandb.login()")
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    tr = Trainer(_cfg(folder, tmp_path / "r", max_steps=1, wandb=True), show_progress=False)
+    with pytest.raises(UserError) as e:
+        tr.fit()
+    assert "api_key not configured" in str(e.value) and "\n" not in str(e.value)
+    assert "WANDB_MODE=offline" in str(e.value)
+
+
 def test_wandb_offline_logs_the_metrics_and_resumes_the_same_run(folder, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -142,7 +156,18 @@ def test_wandb_offline_logs_the_metrics_and_resumes_the_same_run(folder, tmp_pat
     records = sorted((out / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(records) == 2  # the first start and the resume, one W&B run id
     for f in records:  # each holds the step metrics and the epoch end's probe
-        assert b"pos_sim" in f.read_bytes() and b"probe/linear_top1" in f.read_bytes()
+        assert _written(f, b"pos_sim", b"probe/linear_top1"), f.read_bytes()[:200]
+
+
+def _written(path, *needles, timeout=60.0):
+    """Whether ``path`` comes to hold every needle: W&B's service may still be writing the
+    offline record when ``run.finish()`` has returned."""
+    deadline = time.monotonic() + timeout
+    while not all(n in path.read_bytes() for n in needles):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def test_the_report_plots_the_probe_and_rankme(tmp_path):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from unigrad.core import dist
 from unigrad.engine.callbacks.base import Callback
-from unigrad.errors import optional
+from unigrad.errors import UserError, optional
 
 if TYPE_CHECKING:
     from unigrad.engine.trainer import Trainer
@@ -60,12 +60,19 @@ class WandbLogger(Callback):
         run_id = id_file.read_text().strip() if resume else secrets.token_hex(4)
         id_file.write_text(run_id + "\n")
         (out / "wandb").mkdir(exist_ok=True)
-        run = self.wandb.init(
-            project=cfg.wandb_project,
-            name=cfg.wandb_name or out.resolve().name,
-            id=run_id,
-            resume="allow" if resume else None,
-            config=to_dict(cfg),
-            dir=str(out),
-        )
+        try:
+            run = self.wandb.init(
+                project=cfg.wandb_project,
+                name=cfg.wandb_name or out.resolve().name,
+                id=run_id,
+                resume="allow" if resume else None,
+                config=to_dict(cfg),
+                dir=str(out),
+            )
+        except Exception as e:  # not logged in, no network, a refused project name, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"W&B could not start a run ({first}); run `wandb login`, or set "
+                "WANDB_MODE=offline, or --set wandb=false"
+            ) from None
         trainer.log.add_sink(WandbSink(run))
