@@ -209,7 +209,7 @@ def draw_plot(plot: Plot, runs: list[Run], out: Path) -> tuple[bool, list[str]]:
                 ax.axhline(ref, color=style["color"], linestyle="--", linewidth=0.8)
         ax.set(xlabel="step", ylabel=panel.ylabel, yscale="log" if panel.logy else "linear")
         ax.grid(alpha=0.3)
-        if not shared:
+        if not shared and ax.get_legend_handles_labels()[0]:  # a panel no run has: none
             ax.legend(fontsize="small")
     if shared:
         handles = {}  # label -> line, over every panel (a run may miss a panel's metric)
