@@ -103,6 +103,7 @@ def test_probe_diagnostics_keys_and_values():
         "neg_cos",
         "pc_ratio",
         "pc_frac",
+        "rankme",
         "channel_std",
         "bt_diag_max",
         "bt_diag_min",

@@ -87,6 +87,14 @@ def assert_same_state(a: dict, b: dict) -> None:
     for k in oa:
         for name, v in oa[k].items():
             assert torch.equal(v, ob[k][name]), f"optimizer state {k}.{name} differs"
+    assert ("probe" in a) == ("probe" in b)  # the online probe (issue 36)
+    if "probe" in a:
+        for k, v in a["probe"]["module"].items():
+            assert torch.equal(v, b["probe"]["module"][k]), f"probe.{k} differs"
+        pa, pb = a["probe"]["optimizer"]["state"], b["probe"]["optimizer"]["state"]
+        for k in pa:
+            for name, v in pa[k].items():
+                assert torch.equal(v, pb[k][name]), f"probe optimizer state {k}.{name} differs"
     assert a["step"] == b["step"]
 
 
@@ -101,7 +109,9 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, tiny_folder, kills):
     steps = run_with_kills(cfg_file, killed, kills=kills, seed=1)
     assert len(steps) == kills, f"only {len(steps)} kills landed: {steps}"
     assert len(set(steps)) > 1, f"all kills hit the same step: {steps}"
-    assert_same_state(load_checkpoint(ref / "last.ckpt"), load_checkpoint(killed / "last.ckpt"))
+    final = load_checkpoint(ref / "last.ckpt")
+    assert "probe" in final  # on by default with labels: its resume is exact too
+    assert_same_state(final, load_checkpoint(killed / "last.ckpt"))
     # the metrics log holds every step once
     rows = [line.split(",") for line in (killed / "metrics.csv").read_text().splitlines()[1:]]
     pos_steps = [int(r[0]) for r in rows if r[2] == "pos_sim"]

@@ -16,6 +16,8 @@ decoding the split again; above 64 px it is read per image like every other spli
 
 from __future__ import annotations
 
+import weakref
+from itertools import chain
 from typing import Any
 
 import torch
@@ -94,19 +96,31 @@ class EvalData:
         self.train_split, self.eval_split = train_split, eval_split
         self.memory = memory if image_size <= PLAIN_RESIZE_MAX else None
         self.batch_size, self.workers, self.pin_memory = batch_size, workers, pin_memory
+        self._held: tuple[Any, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def datasets(self, train_transform: Any = None) -> tuple[Dataset, Dataset]:
         """(train split, eval split) of (view [3, S, S], label) items; ``train_transform``
         (e.g. the linear probe's augmentation) replaces the view of the train split."""
         if self.memory is not None and train_transform is None:
-            held = self.source.load_uint8(self.eval_split)
-            return tuple(  # type: ignore[return-value]
-                TensorDataset(normalize_uint8(s.images, self.image_size), s.labels)
-                for s in (self.memory, held)
-            )
+            return self.train_dataset(), self.held_dataset()
         view = eval_transform(self.image_size)
         train = self.source.open(self.train_split, train_transform or view)
-        return train, self.source.open(self.eval_split, view)
+        return train, self.held_dataset(in_memory=False)
+
+    def train_dataset(self) -> Dataset:
+        """The train split of (view [3, S, S], label) items (whole tensors when in memory)."""
+        if self.memory is not None:
+            images = normalize_uint8(self.memory.images, self.image_size)
+            return TensorDataset(images, self.memory.labels)
+        return self.source.open(self.train_split, eval_transform(self.image_size))
+
+    def held_dataset(self, in_memory: bool = True) -> Dataset:
+        """The eval split of (view [3, S, S], label) items (as whole tensors where the train
+        split is in memory and ``in_memory``)."""
+        if self.memory is not None and in_memory:
+            held = self.source.load_uint8(self.eval_split)
+            return TensorDataset(normalize_uint8(held.images, self.image_size), held.labels)
+        return self.source.open(self.eval_split, eval_transform(self.image_size))
 
     def loader(self, ds: Dataset) -> DataLoader:
         """Batches of ``ds`` in order (a TensorDataset of in-memory views: in this process)."""
@@ -142,9 +156,31 @@ class EvalData:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(train_feats [N, D], train_labels [N], eval_feats [M, D], eval_labels [M]), sharded
         over the ranks (every rank calls it; see :meth:`extract`). ``limit`` > 0: at most that
-        many images of each split, a fixed subset (:func:`fixed_subset`)."""
-        train, held = (fixed_subset(ds, limit) for ds in self.datasets())
-        return (
-            *self.extract(backbone, train, device, progress),
-            *self.extract(backbone, held, device, progress),
-        )
+        many images of each split, a fixed subset (:func:`fixed_subset`); the full eval split's
+        features are cached (:meth:`held_features`)."""
+        train = fixed_subset(self.train_dataset(), limit)
+        if limit:
+            subset = fixed_subset(self.held_dataset(), limit)
+            held = self.extract(backbone, subset, device, progress)
+        else:
+            held = self.held_features(backbone, device, progress)
+        return (*self.extract(backbone, train, device, progress), *held)
+
+    @torch.no_grad()
+    def held_features(
+        self, backbone: nn.Module, device: torch.device, progress: bool | None = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eval_feats [M, D], eval_labels [M]). The last result is kept and returned again
+        while ``backbone`` is the same module with the same weights and buffers (their version
+        counters, which every in-place change bumps; not one made through ``.data``), so the
+        kNN monitor and the online probe of one epoch end extract the eval split once. The
+        global RNG is left as it was (a DataLoader draws its base seed from it)."""
+        ref = weakref.ref(backbone)
+        versions = tuple(t._version for t in chain(backbone.parameters(), backbone.buffers()))
+        held = self._held
+        if held is not None and held[0][0]() is backbone and held[0][1] == versions:
+            return held[1]
+        with torch.random.fork_rng(devices=[]):  # whether cached or not, no global draw
+            out = self.extract(backbone, self.held_dataset(), device, progress)
+        self._held = ((ref, versions), out)
+        return out

@@ -61,6 +61,12 @@ class TrainData:
 
     steps_per_epoch: int
     skipped: int = 0  # unreadable training images left out (bad_images=skip)
+    #: Classes of the training labels where a probe can be scored on them (a labelled eval
+    #: split exists), else None; set by :func:`data_from_source`.
+    num_classes: int | None = None
+    #: Labels [B] (int64, on the device) of the batch :meth:`epoch` yielded last, where the
+    #: data has them (the online probe's targets), else None.
+    batch_labels: torch.Tensor | None = None
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
@@ -120,6 +126,7 @@ class FastData(TrainData):
     def epoch(self, epoch, start, gen_for_step):
         sampler = self._sampler(len(self.images), epoch, start)
         for b, idx in enumerate(sampler, start):
+            self.batch_labels = self.labels[idx].to(self.device, non_blocking=True)
             yield self._views(self.images[idx], gen_for_step(epoch * self.steps_per_epoch + b))
 
     def _make_probe(self, n):
@@ -148,7 +155,8 @@ class LoaderData(TrainData):
     def epoch(self, epoch, start, gen_for_step):
         self.dataset.set_epoch(epoch)
         sampler = self._sampler(len(self.dataset), epoch, start)
-        for views, _ in self._loader(self.dataset, batch_sampler=sampler):
+        for views, labels in self._loader(self.dataset, batch_sampler=sampler):
+            self.batch_labels = torch.as_tensor(labels).to(self.device, non_blocking=True)
             yield self._to_device(views)
 
     def _make_probe(self, n):
@@ -312,12 +320,15 @@ def data_from_source(
     memory = source.load_uint8(train_split) if pipeline == "fast" else None
     if memory is not None:
         train: TrainData = FastData(cfg, device, memory)
+        classes = memory.classes
     else:
         base = source.open(train_split)
         folder = isinstance(base, data.SafeImageFolder)
         train = CropData(cfg, device, base) if folder else LoaderData(cfg, device, base)
+        classes = getattr(base, "classes", None)
     evaluation = None
     if source.has_split(eval_split):
+        train.num_classes = len(classes) if classes else None  # the online probe's
         splits = {"train_split": train_split, "eval_split": eval_split}
         cuda = device.type == "cuda"
         workers = crops.default_workers(cfg.workers)

@@ -32,6 +32,11 @@ class ImageItems(Dataset):
             return item[0], (item[1] if len(item) > 1 else -1)
         return item, -1
 
+    @property
+    def classes(self) -> list[str] | None:
+        """The user's class names (its ``classes``, as torchvision's datasets), else None."""
+        return getattr(self.base, "classes", None)
+
     def labelled(self) -> bool:
         item = self.base[0]
         return isinstance(item, (tuple, list)) and len(item) > 1

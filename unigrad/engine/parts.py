@@ -19,8 +19,10 @@ from unigrad.config import Config, to_dict
 from unigrad.core import dist
 from unigrad.core.objective import Objective
 from unigrad.core.targets import TargetBranch, cosine_momentum
+from unigrad.data.pipeline import TrainData
 from unigrad.engine.device import resolve_amp
 from unigrad.engine.optim import build_optimizer, lr_schedule
+from unigrad.eval.online_probe import OnlineProbe, backbone_width
 from unigrad.methods import get_method
 from unigrad.models.networks import SiameseModel, model_from_config
 
@@ -36,7 +38,8 @@ class RunParts:
     one Python float per step (read by the step without touching a device); ``amp``: the
     autocast dtype or None (fp32). ``nonfinite``: a device flag, set by the step when a loss is
     not finite and read only at log boundaries and before checkpoint writes
-    (:meth:`take_nonfinite`), so the step never waits on the host.
+    (:meth:`take_nonfinite`), so the step never waits on the host. ``probe``: the online linear
+    probe (:mod:`unigrad.eval.online_probe`) or None; it never touches the other parts.
     """
 
     model: SiameseModel
@@ -50,6 +53,7 @@ class RunParts:
     peak_lr: float
     amp: torch.dtype | None
     nonfinite: torch.Tensor | None = None
+    probe: OnlineProbe | None = None
 
     def mark_nonfinite(self, loss: torch.Tensor) -> None:
         """Fold ``~isfinite(loss)`` into the device flag (no host sync)."""
@@ -63,7 +67,9 @@ class RunParts:
 
     def state_dict(self, cfg: Config, step: int, steps_per_epoch: int) -> dict[str, Any]:
         """A checkpoint's payload: every state that influences the future, and the RNGs."""
+        probe = {"probe": self.probe.checkpoint_state()} if self.probe is not None else {}
         return {
+            **probe,
             "config": to_dict(cfg),
             "model": self.model.state_dict(),
             "target": self.target.state_dict(),
@@ -86,6 +92,8 @@ class RunParts:
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.probe is not None and "probe" in state:  # else (probe was off): a fresh probe
+            self.probe.load_checkpoint_state(state["probe"])
         torch.set_rng_state(state["rng"]["torch"])
         return int(state["step"])
 
@@ -93,12 +101,15 @@ class RunParts:
 def build_parts(
     cfg: Config,
     device: torch.device,
-    steps_per_epoch: int,
+    data: TrainData,
     total_steps: int,
     backbone: nn.Module | None = None,
     feat_dim: int | None = None,
 ) -> RunParts:
-    """The run's parts on ``device`` (``backbone``: the user's own module, else cfg's)."""
+    """The run's parts on ``device`` for training on ``data`` (its ``steps_per_epoch``; the
+    online probe when ``cfg.online_probe`` and the data has ``num_classes``); ``backbone``:
+    the user's own module, else cfg's."""
+    steps_per_epoch = data.steps_per_epoch
     spec = get_method(cfg.method)
     model = model_from_config(
         cfg, predictor=spec.predictor == "mlp", backbone=backbone, feat_dim=feat_dim
@@ -140,4 +151,8 @@ def build_parts(
     world = dist.world_size()
     amp = resolve_amp(cfg, model, device, max(2, min(8, cfg.batch_size // world)))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    return RunParts(model, net, target, objective, optimizer, scaler, lr, momentum, peak_lr, amp)
+    parts = RunParts(model, net, target, objective, optimizer, scaler, lr, momentum, peak_lr, amp)
+    width = backbone_width(model.encoder)
+    if cfg.online_probe and data.num_classes and width:
+        parts.probe = OnlineProbe(width, data.num_classes, cfg.online_probe_lr).to(device)
+    return parts

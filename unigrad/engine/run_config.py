@@ -51,6 +51,13 @@ class RunConfig(Section):
     )
     keep_epoch_ckpts: bool = setting(False, "keep epoch-NNNN.ckpt files", "untrained")
     tensorboard: bool = setting(True, "also log to RUN/tb (needs tensorboard)", "untrained")
+    wandb: bool = setting(
+        False, "also log to Weights & Biases (needs unigrad[wandb]; --resume continues the "
+        "same W&B run, its id kept in RUN/wandb_id)", "untrained"
+    )  # fmt: skip
+    wandb_project: str = setting("unigrad", "the W&B project", "untrained")
+    wandb_name: str | None = setting(None, "the W&B run name (default: the run directory's)",
+                                     "untrained")  # fmt: skip
 
     def check(self) -> None:
         self.compile = compile_mode(self.compile)

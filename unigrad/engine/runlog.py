@@ -1,4 +1,6 @@
-"""Run outputs: ``metrics.csv`` (long format: step, epoch, name, value) and TensorBoard.
+"""Run outputs: ``metrics.csv`` (long format: step, epoch, name, value), TensorBoard, and any
+further sink (an object with ``log(step, epoch, metrics)`` and ``close()``, e.g. Weights &
+Biases: :mod:`unigrad.engine.callbacks.wandb_log`) added with :meth:`RunLog.add_sink`.
 
 Only rank 0 writes. On resume, rows logged after the checkpoint's step (work that is being
 redone) are dropped, so the CSV never holds a step twice.
@@ -10,6 +12,7 @@ import csv
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from unigrad.core import dist
 
@@ -21,6 +24,8 @@ class RunLog:
         self.path = out / "metrics.csv"
         self.enabled = dist.is_main()
         self._tb = None
+        self.sinks: list[Any] = []
+        self.latest: dict[str, float] = {}  # the last value logged of each metric
         if not self.enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
@@ -51,9 +56,17 @@ class RunLog:
             w.writerows(rows)
         tmp.replace(self.path)
 
+    def add_sink(self, sink: Any) -> None:
+        """Also send every later :meth:`log` to ``sink.log(step, epoch, metrics)``; ``close``
+        closes it."""
+        self.sinks.append(sink)
+
     def log(self, step: int, epoch: float, metrics: dict[str, float]) -> None:
         if not self.enabled or not metrics:
             return
+        self.latest.update(metrics)
+        for sink in self.sinks:
+            sink.log(step, epoch, metrics)
         with open(self.path, "a", newline="") as f:
             w = csv.writer(f)
             for name, value in metrics.items():
@@ -66,3 +79,6 @@ class RunLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.close()

@@ -130,7 +130,7 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.parts: RunParts = build_parts(
-            cfg, self.device, self.steps_per_epoch, self.total_steps, backbone, feat_dim
+            cfg, self.device, self.data, self.total_steps, backbone, feat_dim
         )
         self.step_mode, self._step_fn = choose_step(cfg, self.parts, self.device)
         self.n_views = self.data.n_views

@@ -32,6 +32,16 @@ class EvalConfig(Section):
         50, "steps between diagnostics on the probe batch (0: off)", "untrained"
     )
     probe_size: int = setting(128, "images in the fixed diagnostics probe batch", "untrained")
+    online_probe: bool = setting(
+        True,
+        "train a linear classifier on the detached backbone features of each step's first view "
+        "(own optimiser, the backbone untouched) and log its eval-split top-1 every epoch as "
+        "probe/linear_top1; applies where the train split has labels and an eval split exists",
+        "untrained",
+    )
+    online_probe_lr: float = setting(
+        0.1, "learning rate of the online probe (SGD, momentum 0.9, constant)", "untrained"
+    )
 
     def check(self) -> None:
         for key in ("knn_every", "knn_subset", "final_linear_epochs", "diag_every"):
@@ -41,5 +51,7 @@ class EvalConfig(Section):
             raise UserError(f"knn_k must be >= 1, got {self.knn_k}")
         if self.knn_t <= 0:
             raise UserError(f"knn_t must be > 0, got {self.knn_t}")
+        if self.online_probe_lr <= 0:
+            raise UserError(f"online_probe_lr must be > 0, got {self.online_probe_lr}")
         if self.probe_size < 2:
             raise UserError(f"probe_size must be >= 2, got {self.probe_size}")

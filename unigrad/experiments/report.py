@@ -54,13 +54,18 @@ PLOTS = (
     Plot("knn.png", "kNN accuracy", (Panel("kNN top-1 (%)", ("knn_top1",)),)),
     Plot(
         "pc_ratio.png",
-        "Principal component ratio (components to 90% of the variance)",
-        (Panel("components", ("diag/pc_ratio",)),),
+        "Principal component ratio (components to 90% of the variance) and RankMe",
+        (Panel("components", ("diag/pc_ratio",)), Panel("RankMe", ("diag/rankme",))),
     ),
     Plot(
         "channel_std.png",
         "Per-channel std of the l2-normalised output (dashed: 1/sqrt(C))",
         (Panel("std", ("diag/channel_std",)),),
+    ),
+    Plot(
+        "probe.png",
+        "Online linear probe accuracy (eval split)",
+        (Panel("linear top-1 (%)", ("probe/linear_top1",)),),
     ),
     Plot(
         "barlow_diag.png",
@@ -76,7 +81,9 @@ FINAL_COLUMNS = (
     "diag/neg_cos",
     "knn_top1",
     "knn_top5",
+    "probe/linear_top1",
     "diag/pc_ratio",
+    "diag/rankme",
     "diag/channel_std",
 )
 
@@ -202,7 +209,7 @@ def draw_plot(plot: Plot, runs: list[Run], out: Path) -> tuple[bool, list[str]]:
                 ax.axhline(ref, color=style["color"], linestyle="--", linewidth=0.8)
         ax.set(xlabel="step", ylabel=panel.ylabel, yscale="log" if panel.logy else "linear")
         ax.grid(alpha=0.3)
-        if not shared:
+        if not shared and ax.get_legend_handles_labels()[0]:  # a panel no run has: none
             ax.legend(fontsize="small")
     if shared:
         handles = {}  # label -> line, over every panel (a run may miss a panel's metric)

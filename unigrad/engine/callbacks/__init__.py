@@ -15,7 +15,9 @@ from unigrad.engine.callbacks.checkpointer import Checkpointer, Interrupted
 from unigrad.engine.callbacks.diagnostics import Diagnostics
 from unigrad.engine.callbacks.knn import KnnMonitor
 from unigrad.engine.callbacks.metrics import MetricsLog
+from unigrad.engine.callbacks.probe import OnlineProbeMonitor
 from unigrad.engine.callbacks.spectrum import SpectrumWriter
+from unigrad.engine.callbacks.wandb_log import WandbLogger
 
 if TYPE_CHECKING:
     from unigrad.engine.trainer import Trainer
@@ -27,19 +29,24 @@ __all__ = [
     "Interrupted",
     "KnnMonitor",
     "MetricsLog",
+    "OnlineProbeMonitor",
     "SpectrumWriter",
+    "WandbLogger",
     "default_callbacks",
 ]
 
 
 def default_callbacks(trainer: Trainer) -> list[Callback]:
     """The built-in jobs a run's configuration asks for, in the order the loop calls them:
-    metrics (and the divergence check), diagnostics, checkpoints (and stop signals), F's
-    spectrum, the kNN monitor."""
+    W&B, metrics (and the divergence check), diagnostics, the online probe (before the
+    checkpoints, which hold its state after the step), checkpoints (and stop signals), F's
+    spectrum, the kNN monitor (the eval split's features are extracted once for both)."""
     cfg = trainer.cfg
     chosen: list[Callback | None] = [
+        WandbLogger() if cfg.wandb else None,
         MetricsLog(cfg.log_every, trainer.show_progress),
         Diagnostics(cfg.diag_every, cfg.probe_size) if cfg.diag_every else None,
+        OnlineProbeMonitor() if OnlineProbeMonitor.applies(trainer) else None,
         Checkpointer(cfg.ckpt_every, cfg.keep_epoch_ckpts),
         SpectrumWriter() if SpectrumWriter.applies(trainer) else None,
         KnnMonitor(cfg.knn_every) if cfg.knn_every else None,

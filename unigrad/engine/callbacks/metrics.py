@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from unigrad.engine.trainer import Trainer
 
 SHOWN = ("loss", "pos_sim", "lr", "img_per_s")
+#: Metrics logged by other jobs, shown with their last value (bar label: metric name).
+SHOWN_LATEST = {"probe/linear_top1": "probe"}
 
 
 class MetricsLog(Callback):
@@ -52,7 +54,10 @@ class MetricsLog(Callback):
         if trainer.step % self.log_every == 0 or trainer.step == trainer.total_steps:
             logged = self.flush(trainer, self.n_img / (time.perf_counter() - self.t0))
             if self.bar is not None:
-                self.bar.set_postfix({k: f"{logged[k]:.3g}" for k in SHOWN if k in logged})
+                shown = {k: f"{logged[k]:.3g}" for k in SHOWN if k in logged}
+                latest = trainer.log.latest if trainer.log is not None else {}
+                shown |= {b: f"{latest[k]:.3g}" for k, b in SHOWN_LATEST.items() if k in latest}
+                self.bar.set_postfix(shown)
             self.window, self.t0, self.n_img = {}, time.perf_counter(), 0
 
     def flush(self, trainer: Trainer, img_s: float) -> dict[str, float]:
