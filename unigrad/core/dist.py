@@ -83,7 +83,7 @@ def local_slice(n_local: int) -> slice:
 
 
 def restart_count() -> int:
-    """How many times ``torchrun --max-restarts`` has restarted this worker group (0: first
+    """How many times torchrun (with ``max_restarts``) has restarted this worker group (0: first
     start, or not under torchrun). A restart continues the run: it implies ``--resume``."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
@@ -101,7 +101,7 @@ def setup_from_env(device: str = "auto") -> bool:
         backend = "nccl" if cuda and torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        # torchrun's static rendezvous (--master-port) keeps one store across restarts: without
+        # torchrun's static rendezvous (a master port) keeps one store across restarts: without
         # a key prefix per restart, a restarted group reads its predecessor's addresses
         store, r, w = next(rendezvous("env://"))
         store = dist.PrefixStore(f"unigrad/restart-{restart_count()}", store)

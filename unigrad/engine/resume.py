@@ -6,7 +6,11 @@ of the checkpoint a run continues from.
 * No checkpoint is ever written with non-finite weights, optimiser or objective state
   (:func:`all_finite`); after a divergence :func:`good_checkpoint` names one that really is good.
 * ``--resume`` continues from the newest readable checkpoint of the same architecture and method
-  (:data:`ARCH_KEYS`); it refuses when checkpoints exist but none can be read.
+  (:data:`ARCH_KEYS`); it refuses when checkpoints exist but none can be read. A torchrun restart
+  is a resume (:func:`~unigrad.core.dist.restart_count`).
+* Distributed: rank 0 alone takes the lock and writes, every rank reads; the ranks agree on the
+  outcome of each step here (one rank's error is every rank's) and must all see rank 0's files,
+  so ``--out`` must be on a filesystem every node mounts (:func:`check_shared`).
 """
 
 from __future__ import annotations
