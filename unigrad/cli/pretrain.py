@@ -105,9 +105,11 @@ def _pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
 
     def run(a: argparse.Namespace) -> int:
-        cfg = config_from_args(a)
         from unigrad.core import dist
         from unigrad.engine.trainer import Interrupted, Trainer
+
+        a.resume = a.resume or dist.restart_count() > 0  # a torchrun restart is a resume
+        cfg = config_from_args(a)
 
         try:
             trainer = Trainer(cfg, resume=a.resume, show_progress=not a.quiet)

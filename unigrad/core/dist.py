@@ -7,15 +7,25 @@ average of W identical copies gives exactly the single-process gradient). A loss
 over the *local* samples needs no gather at all. Never ``all_reduce`` a tensor that carries
 gradient with the plain (non-autograd) collective: its backward is the identity on each rank,
 and after DDP's average the gradient comes out scaled by 1/world_size.
+
+Agreement. A decision that ends the run (a user error, a stop signal, a non-finite value) must be
+taken by every rank at the same point, or the ranks that go on wait forever in a collective the
+others never join: :func:`agreed_errors` turns an error on one rank into the same error on all,
+:func:`any_rank` agrees on a flag. Collective tensors live on :func:`collective_device` (the GPU
+under NCCL, the CPU under gloo).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
+from torch.distributed.rendezvous import rendezvous
 
 
 def is_dist() -> bool:
@@ -88,19 +98,102 @@ def local_slice(n_local: int) -> slice:
     return slice(r * n_local, (r + 1) * n_local)
 
 
-def setup_from_env() -> bool:
+def restart_count() -> int:
+    """How many times torchrun (with ``max_restarts``) has restarted this worker group (0: first
+    start, or not under torchrun). A restart continues the run: it implies ``--resume``."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def setup_from_env(device: str = "auto") -> bool:
     """Initialise the process group when launched by ``torchrun`` (RANK/WORLD_SIZE set).
 
-    Returns True when distributed. Uses NCCL when CUDA is available, gloo otherwise.
+    Returns True when distributed. The backend follows the configured ``device`` (``auto``,
+    ``cpu`` or ``cuda``): NCCL when it resolves to CUDA, gloo on the CPU.
     """
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return False
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        backend = "nccl" if cuda and torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        # torchrun's static rendezvous (a master port) keeps one store across restarts: without
+        # a key prefix per restart, a restarted group reads its predecessor's addresses
+        store, r, w = next(rendezvous("env://"))
+        store = dist.PrefixStore(f"unigrad/restart-{restart_count()}", store)
+        dist.init_process_group(backend=backend, store=store, rank=r, world_size=w)
     return True
+
+
+def collective_device() -> torch.device:
+    """Where tensors for collectives must live: the current GPU under NCCL, else the CPU."""
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``x`` (any shape, any device) reduced over ranks (``sum`` or ``max``), on ``x``'s
+    device; moved to :func:`collective_device` for the collective. The identity alone."""
+    if not is_dist():
+        return x
+    y = x.detach().to(collective_device(), copy=True)
+    dist.all_reduce(y, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return y.to(x.device)
+
+
+def any_rank(flag: bool | int | torch.Tensor) -> int:
+    """The largest of ``flag`` (a bool, an int or a 0-d tensor) over ranks, as an int: one
+    small collective and one host read. Every rank must call it at the same point."""
+    t = flag if isinstance(flag, torch.Tensor) else torch.tensor(int(flag))
+    return int(all_reduce(t.to(torch.int64), "max"))
+
+
+def gather_object(obj: Any) -> list[Any]:
+    """``obj`` (picklable) from every rank, in rank order; ``[obj]`` alone."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@contextmanager
+def agreed_errors() -> Iterator[None]:
+    """Run a block on every rank and agree on its outcome: when it raised on any rank, every
+    rank raises (the first failing rank's :class:`~unigrad.errors.UserError` message, the same
+    on all), so no rank goes on into a collective that a failed one will never join.
+
+    The block must not run collectives itself (a rank that failed before one would leave the
+    others waiting in it). A failure that is not a UserError keeps its traceback on its own
+    rank; the others stop with a one-line UserError naming it.
+    """
+    if not is_dist():
+        yield
+        return
+    from unigrad.errors import UserError
+
+    failure: Exception | None = None
+    try:
+        yield
+    except Exception as e:  # agreed below, then raised again
+        failure = e
+    mine = None
+    if failure is not None:
+        user = isinstance(failure, UserError)
+        text = str(failure) if user else f"{type(failure).__name__}: {failure}"
+        mine = (text.splitlines()[0] if text else "", getattr(failure, "exit_code", 1), user)
+    outcomes = gather_object(mine)
+    first = next(((r, o) for r, o in enumerate(outcomes) if o is not None), None)
+    if first is None:
+        return
+    r, (text, code, user) = first
+    if failure is not None and r == rank():
+        raise failure
+    if user:
+        raise UserError(text, exit_code=code) from None
+    raise UserError(f"rank {r} failed ({text}); see its traceback", exit_code=1) from None
 
 
 def barrier() -> None:

@@ -61,8 +61,11 @@ class RunParts:
         self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
 
     def take_nonfinite(self) -> bool:
-        """Whether a loss since the last call was not finite (one host read), and reset."""
+        """Whether a loss since the last call was not finite (one host read), and reset. In a
+        distributed run: on any rank (every rank calls it at the same points, so all stop)."""
         flag, self.nonfinite = self.nonfinite, None
+        if dist.is_dist():
+            return bool(dist.any_rank(flag if flag is not None else False))
         return flag is not None and bool(flag)
 
     def state_dict(self, cfg: Config, step: int, steps_per_epoch: int) -> dict[str, Any]:

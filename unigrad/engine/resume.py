@@ -6,13 +6,18 @@ of the checkpoint a run continues from.
 * No checkpoint is ever written with non-finite weights, optimiser or objective state
   (:func:`all_finite`); after a divergence :func:`good_checkpoint` names one that really is good.
 * ``--resume`` continues from the newest readable checkpoint of the same architecture and method
-  (:data:`ARCH_KEYS`); it refuses when checkpoints exist but none can be read.
+  (:data:`ARCH_KEYS`); it refuses when checkpoints exist but none can be read. A torchrun restart
+  is a resume (:func:`~unigrad.core.dist.restart_count`).
+* Distributed: rank 0 alone takes the lock and writes, every rank reads; the ranks agree on the
+  outcome of each step here (one rank's error is every rank's) and must all see rank 0's files,
+  so ``--out`` must be on a filesystem every node mounts (:func:`check_shared`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,8 +45,9 @@ def _float_tensors(obj: Any) -> list[torch.Tensor]:
     return []
 
 
-def all_finite(state: Any) -> bool:
-    """Whether every floating tensor in a (nested) state dict is finite, on every rank.
+def all_finite(state: Any, across_ranks: bool = True) -> bool:
+    """Whether every floating tensor in a (nested) state dict is finite (on every rank, unless
+    ``across_ranks`` is False: then no collective, for a file every rank reads alike).
 
     One pass: x * 0 is 0 for finite x and NaN for inf/NaN, so the summed norms of the zeroed
     tensors are 0 exactly when everything is finite (no overflow from large finite values).
@@ -51,17 +57,17 @@ def all_finite(state: Any) -> bool:
     if tensors:
         norms = torch._foreach_norm(torch._foreach_mul(tensors, 0.0))
         flag = torch.stack([n.float().to(flag.device) for n in norms]).sum()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        flag = flag.clone()
-        torch.distributed.all_reduce(flag)
+    if across_ranks:
+        flag = dist.all_reduce(flag)  # on the backend's device (a CUDA tensor under NCCL)
     return bool(torch.isfinite(flag))
 
 
 def good_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint of ``run_dir`` that loads, validates and holds only finite values."""
+    """The newest checkpoint of ``run_dir`` that loads, validates and holds only finite values
+    (read by each rank alone: no collective, so a rank may call it on its way out)."""
     for p in ckpt.candidates(run_dir) if run_dir.is_dir() else []:
         try:
-            if all_finite(ckpt.load_checkpoint(p)):
+            if all_finite(ckpt.load_checkpoint(p), across_ranks=False):
                 return p
         except ckpt.CheckpointError:
             continue
@@ -100,6 +106,7 @@ def lock_run_dir(out: Path) -> Any:
     f.truncate()
     f.write(f"{os.getpid()}\n")
     f.flush()
+    os.fsync(f.fileno())  # other nodes read it (check_shared)
     return f
 
 
@@ -135,23 +142,57 @@ def find_resume_state(out: Path, cfg: Any) -> tuple[Path, dict[str, Any]] | None
     return path, state
 
 
+def load_resume_state(out: Path, cfg: Any, parts: Any) -> tuple[Path | None, int]:
+    """Load the newest good checkpoint of ``out`` into ``parts`` (:func:`find_resume_state`);
+    returns (its path, its step), or (None, 0) for a fresh start. Every rank reads it; in a
+    distributed run an error on one rank is the same error on all, and every rank must have
+    found the same checkpoint (else ``--out`` is not on a filesystem all nodes share)."""
+    path, step = None, 0
+    with dist.agreed_errors():
+        found = find_resume_state(out, cfg)
+        if found is not None:
+            path, state = found
+            try:
+                step = parts.load_state_dict(state)
+            except (RuntimeError, KeyError, ValueError) as e:
+                msg = str(e).splitlines()[0]
+                raise UserError(f"{path} does not match this model: {msg}") from None
+    seen = dist.gather_object((str(path) if path else "no checkpoint", step))
+    if any(s != seen[0] for s in seen):
+        found_by = "; ".join(f"rank {r}: {p} at step {n}" for r, (p, n) in enumerate(seen))
+        raise UserError(
+            f"the ranks found different checkpoints in --out {out} ({found_by}); put --out on "
+            "a filesystem every node mounts"
+        )
+    return path, step
+
+
 def open_run(out: Path, cfg: Any, *, resumed: bool, step: int, skipped: int) -> tuple[Any, RunLog]:
     """Open the run directory for a run at ``step``: take the lock (rank 0), then the run log and
     config.yaml of a fresh run, or keep a resumed run's log up to ``step``; a fresh run in a
     directory that holds checkpoints is refused. Returns (lock or None, run log); on an error
-    the lock is released."""
-    lock = lock_run_dir(out) if dist.is_main() else None
+    the lock is released. In a distributed run an error on one rank is the same error on all
+    (:func:`~unigrad.core.dist.agreed_errors`) and every rank must see rank 0's lock
+    (:func:`check_shared`)."""
+    lock = log = None
     try:
-        if not resumed and ckpt.candidates(out):
-            raise UserError(
-                f"{out} already holds a run (*.ckpt); pass --resume to continue it or "
-                "choose another --out"
-            )
-        log = RunLog(out, cfg.tensorboard)
+        with dist.agreed_errors():
+            lock = lock_run_dir(out) if dist.is_main() else None
+            if not resumed and ckpt.candidates(out):
+                raise UserError(
+                    f"{out} already holds a run (*.ckpt); pass --resume to continue it or "
+                    "choose another --out"
+                )
+            log = RunLog(out, cfg.tensorboard)
+        check_shared(out)
     except BaseException:
-        if lock is not None:
-            lock.close()
+        for f in (log, lock):
+            if f is not None:
+                f.close()
         raise
+    if dist.is_main():  # a checkpoint write cut short (the lock says no writer is left)
+        for tmp in out.glob(".*.ckpt.tmp*"):
+            tmp.unlink(missing_ok=True)
     if skipped and dist.is_main():
         print(
             f"warning: {skipped} unreadable training images skipped "
@@ -164,3 +205,22 @@ def open_run(out: Path, cfg: Any, *, resumed: bool, step: int, skipped: int) -> 
             save_config(cfg, out / "config.yaml")
         log.log(0, 0.0, {"data/skipped_images": float(skipped)})
     return lock, log
+
+
+def check_shared(out: Path) -> None:
+    """In a distributed run, refuse unless every rank reads the ``out/.lock`` that rank 0 has
+    just written: only rank 0 writes checkpoints and every rank reads them, so ``--out`` must be
+    on a filesystem all nodes share."""
+    if not dist.is_dist():
+        return
+    try:
+        mine = (out / ".lock").read_text()
+    except OSError:
+        mine = None
+    seen = dist.gather_object((socket.gethostname(), mine))
+    blind = [f"rank {r} on {host}" for r, (host, text) in enumerate(seen) if text != seen[0][1]]
+    if blind:
+        raise UserError(
+            f"--out {out} is not shared between the nodes: {', '.join(blind)} cannot see the "
+            "lock rank 0 wrote there; put --out on a filesystem every node mounts"
+        )

@@ -39,8 +39,8 @@ from unigrad.engine.parts import RunParts, build_parts
 from unigrad.engine.profiling import NullTimer
 from unigrad.engine.resume import (
     all_finite,
-    find_resume_state,
     good_checkpoint,
+    load_resume_state,
     open_run,
     refuse_if_locked,
 )
@@ -101,10 +101,8 @@ class Trainer:
         self.out = Path(cfg.out)
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out} is a file, not a directory; choose another --out")
-        self.distributed = dist.setup_from_env()
-        if dist.is_main():
-            refuse_if_locked(self.out)  # before any work; fit() takes the lock
-        self.device = select_device(cfg.device)
+        self.distributed = dist.setup_from_env(cfg.device)
+        resume = resume or dist.restart_count() > 0  # a torchrun restart continues the run
         world = dist.world_size()
         if cfg.batch_size % world:
             raise UserError(
@@ -120,8 +118,11 @@ class Trainer:
         np.random.seed(cfg.seed % 2**32)
         self.show_progress = show_progress and dist.is_main()
         self.extra_callbacks = list(callbacks)
-
-        run_data = build_train_data(cfg, self.device, train_data, val_data)
+        with dist.agreed_errors():  # one rank's refusal stops all, before DDP's collectives
+            if dist.is_main():
+                refuse_if_locked(self.out)  # before any work; fit() takes the lock
+            self.device = select_device(cfg.device)
+            run_data = build_train_data(cfg, self.device, train_data, val_data)
         cfg.image_size = run_data.image_size  # resolved from the data when unset (config.yaml)
         self.data: TrainData = run_data.train  # training views and the probe batch
         self.eval_data: EvalData | None = run_data.eval  # the kNN / linear splits
@@ -145,15 +146,8 @@ class Trainer:
     # ------------------------------------------------------------------ the run directory
     def _resume(self) -> Path | None:
         """Load the newest good checkpoint; None (fresh start) when there is none yet."""
-        found = find_resume_state(self.out, self.cfg)
-        if found is None:
-            return None
-        path, state = found
-        try:
-            self.step = self.parts.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise UserError(f"{path} does not match this model: {str(e).splitlines()[0]}") from None
-        if dist.is_main():
+        path, self.step = load_resume_state(self.out, self.cfg, self.parts)
+        if path is not None and dist.is_main():
             print(f"resumed from {path} at step {self.step}")
         return path
 
@@ -197,10 +191,10 @@ class Trainer:
             self.diverged("loss", " (since the last log or checkpoint)")
         if not all_finite(state):
             self.diverged("weights, optimiser or objective state", "")
-        if dist.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
-            ckpt.save_checkpoint(state, path)
-        dist.barrier()
+        with dist.agreed_errors():  # also the barrier: every rank may read it from here on
+            if dist.is_main():
+                self.out.mkdir(parents=True, exist_ok=True)
+                ckpt.save_checkpoint(state, path)
         return path
 
     def diverged(self, what: str, within: str) -> None:

@@ -47,7 +47,7 @@ def default_callbacks(trainer: Trainer) -> list[Callback]:
         MetricsLog(cfg.log_every, trainer.show_progress),
         Diagnostics(cfg.diag_every, cfg.probe_size) if cfg.diag_every else None,
         OnlineProbeMonitor() if OnlineProbeMonitor.applies(trainer) else None,
-        Checkpointer(cfg.ckpt_every, cfg.keep_epoch_ckpts),
+        Checkpointer(cfg.ckpt_every, cfg.keep_epoch_ckpts, cfg.log_every),
         SpectrumWriter() if SpectrumWriter.applies(trainer) else None,
         KnnMonitor(cfg.knn_every) if cfg.knn_every else None,
     ]

@@ -1,0 +1,30 @@
+"""``unigrad`` under torchrun with faults injected per restart (run by tests/test_elastic.py).
+
+``FAULTS`` maps torchrun's restart count to (rank, step, signal): that rank sends itself the
+signal once that step is done (after the built-in callbacks, so after any checkpoint of it).
+"""
+
+import os
+import signal
+import sys
+
+import unigrad.engine.trainer as trainer_module
+from unigrad.cli import main
+from unigrad.engine.callbacks import Callback
+
+FAULTS = {
+    0: (1, 2, signal.SIGTERM),  # a stop signal on rank 1 only: all ranks stop at step 4
+    1: (0, 8, signal.SIGKILL),  # rank 0 (the lock holder, the writer) dies: resume at step 6
+}
+
+
+class Fault(Callback):
+    def on_step(self, trainer, stats, n_images):
+        fault = FAULTS.get(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
+        if fault and fault[:2] == (int(os.environ["RANK"]), trainer.step):
+            os.kill(os.getpid(), fault[2])
+
+
+built_in = trainer_module.default_callbacks
+trainer_module.default_callbacks = lambda trainer: [*built_in(trainer), Fault()]
+sys.exit(main(sys.argv[1:]))
