@@ -111,11 +111,15 @@ class TrainData:
 
 class FastData(TrainData):
     """``fast``: the training split in memory (``split.images`` [N, 3, H, W] uint8), whole
-    batches augmented on the device."""
+    batches augmented on the device. On a GPU with room for it (a quarter of its free memory)
+    the uint8 split lives there, so a step copies no images from the host (the random draws,
+    a few numbers per image from the (seed, step) generator, still come from the CPU)."""
 
     def __init__(self, cfg: Config, device: torch.device, split: inmemory.Uint8Split) -> None:
         super().__init__(cfg, device)
         self.images, self.labels, self.skipped = split.images, split.labels, split.n_skipped
+        if device.type == "cuda" and self.images.numel() < torch.cuda.mem_get_info(device)[0] // 4:
+            self.images = self.images.to(device)  # indexed with the sampler's CPU indices
         self.aug = augment.FastAugment(self.spec, channels_last=cfg.channels_last)
         self.steps_per_epoch = self._steps(len(self.images))
 
