@@ -39,7 +39,7 @@ left() { echo $((DEADLINE - SECONDS)); }
 log() { echo "[gpu_session $(date -u +%H:%M:%S), $(left) s left] $*" | tee -a "$OUT/session.log"; }
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   | tee "$OUT/session.log"
-nvidia-smi -L >>"$OUT/session.log" 2>&1 || true
+command -v nvidia-smi >/dev/null && nvidia-smi -L >>"$OUT/session.log"
 
 # 1. agreement
 log "1. agreement CPU vs $DEVICE"

@@ -46,7 +46,7 @@ def loss_check(c: int = 512, n: int = 256) -> None:
     rows = []
     ours = Objective("simclr", "loss", dim=c, tau=0.2)(z0, z1)
     rows.append(("simclr", float(LL.NTXentLoss(temperature=0.2)(z0, z1)), float(ours), "same"))
-    ours = Objective("simsiam", "loss", dim=c)(z0, z1, pred=[p0, p1])
+    ours = Objective("simsiam", "loss", dim=c)(z0, z1, targets=[z0, z1], pred=[p0, p1])
     lt = 0.5 * (ncs(p0, z1) + ncs(p1, z0))
     rows.append(("simsiam", float(lt), float(ours), "same"))
     ours = Objective("byol", "loss", dim=c)(z0, z1, targets=[z0, z1], pred=[p0, p1])
@@ -163,6 +163,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--compile", default="off", help="unigrad's compile mode (off | step)")
     a = ap.parse_args()
     print(f"# {machine()}")
     loss_check()
@@ -175,7 +176,10 @@ def main() -> None:
         f"{'ratio':>8}{'ratio(bf16)':>13}"
     )
     for m in a.methods.split(","):
-        tr = make_trainer(method=m, width=a.width)  # first: its amp measurement sees a quiet host
+        # first: its amp measurement sees a quiet host
+        tr = make_trainer(method=m, width=a.width, compile=a.compile)
+        if a.compile != "off":
+            steady_state(tr, 1)  # the compilation, not timed
         ours, _ = steady_state(tr, a.steps)
         del tr
         l32 = lightly_throughput(m, a.width, a.steps, False, a.workers)
