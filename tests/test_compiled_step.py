@@ -167,3 +167,36 @@ def test_resume_of_a_compiled_run_is_exact(tiny_folder, tmp_path, monkeypatch):
     for part in ("model", "target", "objective"):
         for k, v in straight[part].items():
             assert torch.equal(v, resumed[part][k]), f"{part}.{k} differs after the resume"
+
+
+def test_compile_auto_measures_once_then_reads_its_cache(
+    tiny_folder, tmp_path, monkeypatch, capsys
+):
+    """``compile: auto`` on a CPU times eager against ``step`` at the first step (on copies: the
+    run's weights equal an eager run's), records the choice and caches it per network."""
+    monkeypatch.setenv("UNIGRAD_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setenv("UNIGRAD_CACHE", str(tmp_path / "cache"))
+    over = {"method": "byol"}
+    torch._dynamo.reset()
+    _, eager = run(tiny_folder, tmp_path / "eager", over, "off", steps=2)
+    tr, auto = run(tiny_folder, tmp_path / "auto", over, "auto", steps=2)
+    assert tr.step_mode == "auto" and tr.cfg.compile_resolved in ("off", "step")
+    assert "compile auto:" in capsys.readouterr().err
+    diff, key = max_diff(eager[2], auto[2])
+    assert diff < 1e-5, f"{key} differs by {diff:.2e}: the measurement touched the run"
+    cache = (tmp_path / "cache" / "amp.json").read_text()
+    assert '"compile | ' in cache
+    run(tiny_folder, tmp_path / "again", over, "auto", steps=1)
+    assert "cached)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("given", "mode"), [(True, "model"), (False, "off"), ("STEP", "step")])
+def test_compile_values_of_older_configs_are_read(given, mode):
+    assert build_config(TINY, {"compile": given}).compile == mode
+
+
+def test_unknown_compile_mode_is_refused_in_one_line():
+    from unigrad.errors import UserError
+
+    with pytest.raises(UserError, match="compile must be one of off, model, step, auto"):
+        build_config(TINY, {"compile": "fast"})

@@ -27,7 +27,7 @@ from unigrad.core.section import TAGS, Section
 from unigrad.data.data_config import DataConfig
 from unigrad.data.recipe import AugmentConfig
 from unigrad.engine.optim import DEFAULT_WARMUP_EPOCHS, OptimConfig, default_warmup
-from unigrad.engine.run_config import RunConfig
+from unigrad.engine.run_config import RunConfig, compile_mode
 from unigrad.errors import UserError
 from unigrad.eval.eval_config import EvalConfig
 from unigrad.methods import METHODS, get_method
@@ -270,6 +270,7 @@ def build_config(*layers: dict[str, Any]) -> Config:
         # the protocol's default does not fit the rest of this run: the method's own is used
         named = ", ".join(f"{k}={v}" for k, v in given.items())
         _note(f"method_defaults {named} does not fit this run ({e}); {cfg.method}'s own is used")
+    cfg.compile = compile_mode(cfg.compile)  # true/false of older configs: model/off
     if cfg.warmup_epochs is None:  # resolved here, so config.yaml records the value used
         cfg.warmup_epochs = default_warmup(cfg.epochs)
         if cfg.warmup_epochs < DEFAULT_WARMUP_EPOCHS:

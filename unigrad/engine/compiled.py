@@ -181,17 +181,23 @@ def choose_step(cfg: Any, parts: RunParts, device: torch.device) -> tuple[str, S
     if mode == "step" or (mode == "auto" and device.type == "cuda"):
         cfg.compile_resolved = "step"
         return "step", CompiledStep(parts, device)
+    if mode == "auto" and dist.is_dist():  # the measurement's copies cannot hold DDP's hooks
+        _note("compile=auto: not measured in a distributed CPU run; eager (compile=off)")
+        cfg.compile_resolved, mode = "off", "off"
     if mode == "auto":
         return "auto", AutoStep(cfg, parts, device)
     return mode, train_step
 
 
-def _time_steps(fn: StepFn, parts: RunParts, views: list[torch.Tensor], n: int, **kw: Any) -> float:
-    """Seconds per step of ``fn`` on ``parts`` (2 warm-up steps, then the median of ``n``)."""
+def _time_steps(
+    fn: StepFn, parts: RunParts, views: list[torch.Tensor], index: int, n: int, **kw: Any
+) -> float:
+    """Seconds per step of ``fn`` on ``parts`` repeating step ``index`` (2 warm-up steps, then
+    the median of ``n``)."""
     times = []
     for i in range(2 + n):
         t0 = time.perf_counter()
-        stats = fn(parts, views, torch.Generator().manual_seed(i), i, **kw)
+        stats = fn(parts, views, torch.Generator().manual_seed(i), index, **kw)
         stats["loss"].sum().tolist()  # wait for the step (a measurement, not the training loop)
         times.append(time.perf_counter() - t0)
     return sorted(times[2:])[n // 2]
@@ -202,18 +208,20 @@ class AutoStep:
     first views, times the eager step against :class:`CompiledStep` (the compilation itself not
     counted) and runs the faster one from then on; the verdict is cached per host, torch and
     network (:func:`unigrad.engine.device.network_key`), and ``cfg.compile_resolved`` records it.
-    The run's own parts are not touched by the measurement."""
+    The run's own parts are not touched by the measurement. Single-process runs only
+    (:func:`choose_step` runs a distributed CPU run eagerly)."""
 
     def __init__(self, cfg: Any, parts: RunParts, device: torch.device, iters: int = 5) -> None:
         self.cfg, self.parts, self.device, self.iters = cfg, parts, device, iters
         self.step_fn: StepFn | None = None
 
-    def _measure(self, views: list[torch.Tensor], **kw: Any) -> dict[str, Any]:
+    def _measure(self, views: list[torch.Tensor], index: int, **kw: Any) -> dict[str, Any]:
         with torch.random.fork_rng(devices=[]):
-            eager_s = _time_steps(train_step, copy.deepcopy(self.parts), views, self.iters, **kw)
+            copied = copy.deepcopy(self.parts)
+            eager_s = _time_steps(train_step, copied, views, index, self.iters, **kw)
             trial = copy.deepcopy(self.parts)
             compiled = CompiledStep(trial, self.device)
-            step_s = _time_steps(compiled, trial, views, self.iters, **kw)
+            step_s = _time_steps(compiled, trial, views, index, self.iters, **kw)
         choice = "step" if step_s < eager_s else "off"
         return {"choice": choice, "eager_ms": round(eager_s * 1e3, 2),
                 "step_ms": round(step_s * 1e3, 2)}  # fmt: skip
@@ -226,12 +234,7 @@ class AutoStep:
             verdict = read_cached(key)
             cached = isinstance(verdict, dict) and verdict.get("choice") in ("off", "step")
             if not cached:
-                verdict = self._measure(views, **kw)
-            if dist.is_dist():  # rank 0's verdict holds for every rank
-                flag = torch.tensor([1.0 if verdict["choice"] == "step" else 0.0])
-                flag = flag.to(self.device)
-                torch.distributed.broadcast(flag, 0)
-                verdict = {**verdict, "choice": "step" if flag.item() else "off"}
+                verdict = self._measure(views, step, **kw)
             if dist.is_main() and not cached:
                 write_cached(key, verdict)
             _note(

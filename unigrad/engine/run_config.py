@@ -60,8 +60,7 @@ class RunConfig(Section):
                                      "untrained")  # fmt: skip
 
     def check(self) -> None:
-        self.compile = compile_mode(self.compile)
-        if self.compile not in COMPILE_MODES:
+        if compile_mode(self.compile) not in COMPILE_MODES:
             modes = ", ".join(COMPILE_MODES)
             raise UserError(f"compile must be one of {modes}, got {self.compile}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
