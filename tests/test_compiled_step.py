@@ -6,7 +6,7 @@ with ``backend="aot_eager"`` (dynamo's graph capture and AOTAutograd's functiona
 missed buffer update, side effect or EMA would show) on a tiny convolutional backbone; inductor's
 generated code for one family. Compiling costs 10-20 s a case on 2 cores, so the suite runs one
 case per family and stateful part (``CASES``); ``bench/compiled_vs_eager.py`` runs the same check
-on every method x form x variant of the golden trainer list (``ALL_CASES``; BENCHMARKS section 1).
+on every method x form x variant of the golden trainer list (``ALL_CASES``; BENCHMARKS §1).
 """
 
 from __future__ import annotations
