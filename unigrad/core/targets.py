@@ -119,7 +119,15 @@ class TargetBranch(nn.Module):
                 torch._foreach_copy_(target_p, online_p)
                 torch._foreach_copy_(list(self.net.buffers()), list(encoder.buffers()))
             return
-        torch._foreach_lerp_(target_p, online_p, 1.0 - float(momentum))
+        self.ema_(encoder, 1.0 - float(momentum))
+
+    @torch.no_grad()
+    def ema_(self, encoder: nn.Module, weight: float | torch.Tensor) -> None:
+        """theta_t <- theta_t + weight * (theta_o - theta_t) (``weight`` = 1 - m; a 0-d tensor
+        under ``compile: step``); floating-point buffers copied."""
+        assert self.net is not None
+        online_p = [p.detach() for p in encoder.parameters()]
+        torch._foreach_lerp_(list(self.net.parameters()), online_p, weight)
         bufs = [b for b in self.net.buffers() if b.is_floating_point()]
         if bufs:
             src = [b for b in encoder.buffers() if b.is_floating_point()]

@@ -33,9 +33,10 @@ import torch
 from unigrad.core import dist
 from unigrad.core.objective import Mix
 from unigrad.engine.device import network_key, read_cached, write_cached
+from unigrad.engine.optim import set_lr
 from unigrad.engine.parts import RunParts
 from unigrad.engine.profiling import NullTimer
-from unigrad.engine.step import train_step
+from unigrad.engine.step import mixed_views, train_step
 
 #: torch.compile's backend for ``compile: step`` (tests and debugging: ``aot_eager`` captures
 #: the same graphs without generating code).
@@ -105,13 +106,7 @@ class CompiledStep:
         p = self.parts
         p.optimizer.step()
         if self.ema:
-            assert p.target.net is not None
-            online = [q.detach() for q in p.model.encoder.parameters()]
-            torch._foreach_lerp_(list(p.target.net.parameters()), online, self.ema_weight)
-            bufs = [b for b in p.target.net.buffers() if b.is_floating_point()]
-            if bufs:
-                src = [b for b in p.model.encoder.buffers() if b.is_floating_point()]
-                torch._foreach_copy_(bufs, src)
+            p.target.ema_(p.model.encoder, self.ema_weight)
 
     # ---------------------------------------------------------------- one step
     def __call__(
@@ -132,16 +127,9 @@ class CompiledStep:
             for g in p.optimizer.param_groups:
                 g["lr"] = torch.zeros((), dtype=torch.float32, device=self.device)
             self._lr_tensors = True
-        for g in p.optimizer.param_groups:  # fill_: a kernel argument, no host read
-            g["lr"].fill_((p.peak_lr if g.get("fixed_lr") else p.lr[step]) * g.get("lr_scale", 1.0))
+        set_lr(p.optimizer, p.lr[step], p.peak_lr)  # fills the 0-d tensors
         self.ema_weight.fill_(1.0 - p.momentum[step])
-        online_views, mix = views, None
-        if cutmix:
-            from unigrad.data.augment import cutmix as mix_views
-
-            with timer("cutmix"):
-                online_views, perm, ratio = mix_views(views, gen)
-                mix = Mix(perm, ratio)
+        online_views, mix = mixed_views(views, gen, cutmix, timer)
         with timer("forward (compiled)"):
             loss, stats = self._forward(online_views, views, mix, step, n_target)
         with timer("backward (compiled)"):

@@ -113,9 +113,14 @@ def build_optimizer(
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, peak: float) -> None:
-    """Apply this step's lr; ``fixed_lr`` groups stay at the peak."""
+    """Apply this step's lr; ``fixed_lr`` groups stay at the peak. A group whose lr is a 0-d
+    tensor (``compile: step``) has it filled in place (a kernel argument, no host read)."""
     for g in optimizer.param_groups:
-        g["lr"] = (peak if g.get("fixed_lr") else lr) * g.get("lr_scale", 1.0)
+        value = (peak if g.get("fixed_lr") else lr) * g.get("lr_scale", 1.0)
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"].fill_(value)
+        else:
+            g["lr"] = value
 
 
 #: Warm-up when none is set; shortened to half the run for runs shorter than twice this.

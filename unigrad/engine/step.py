@@ -12,6 +12,19 @@ from unigrad.engine.parts import RunParts
 from unigrad.engine.profiling import NullTimer
 
 
+def mixed_views(
+    views: list[torch.Tensor], gen: torch.Generator, cutmix: bool, timer: NullTimer
+) -> tuple[list[torch.Tensor], Mix | None]:
+    """The online branch's views: CutMix of ``views`` drawn from ``gen`` (CPU), or the views."""
+    if not cutmix:
+        return views, None
+    from unigrad.data.augment import cutmix as mix_views
+
+    with timer("cutmix"):
+        online_views, perm, ratio = mix_views(views, gen)
+    return online_views, Mix(perm, ratio)
+
+
 def train_step(
     parts: RunParts,
     views: list[torch.Tensor],
@@ -31,13 +44,7 @@ def train_step(
     """
     timer = timer or NullTimer()
     set_lr(parts.optimizer, parts.lr[step], parts.peak_lr)  # Python floats: no host read
-    online_views, mix = views, None
-    if cutmix:
-        from unigrad.data.augment import cutmix as mix_views
-
-        with timer("cutmix"):
-            online_views, perm, ratio = mix_views(views, gen)
-            mix = Mix(perm, ratio)
+    online_views, mix = mixed_views(views, gen, cutmix, timer)
     dtype = parts.amp or torch.float32
     with torch.autocast(views[0].device.type, dtype=dtype, enabled=parts.amp is not None):
         with timer("online forward"):
