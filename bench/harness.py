@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from unigrad.config import build_config, load_yaml
-from unigrad.data.pipeline import step_generator
 from unigrad.engine.trainer import Trainer
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
@@ -40,7 +39,7 @@ def make_trainer(**over: Any) -> Trainer:
 
 def steady_state(tr: Trainer, steps: int, warmup: int = 2) -> tuple[float, float]:
     """(img/s, data s/step) over ``steps`` steps after ``warmup``; data time included in img/s."""
-    it = tr.data.epoch(0, 0, lambda s: step_generator(tr.cfg.seed, s))
+    it = tr.data.epoch(0, 0)
     data_t = 0.0
     start = 0.0
     for i in range(warmup + steps):
@@ -51,7 +50,7 @@ def steady_state(tr: Trainer, steps: int, warmup: int = 2) -> tuple[float, float
         t = time.perf_counter()
         views = next(it)
         data_t += time.perf_counter() - t
-        tr.train_step(views, step_generator(tr.cfg.seed, tr.step, salt=1))
+        tr.train_step(views, tr.data.cutmix_generator(tr.step))
     if tr.device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start

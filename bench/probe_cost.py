@@ -15,7 +15,6 @@ import time
 import torch
 from harness import machine, make_trainer
 
-from unigrad.data.pipeline import step_generator
 from unigrad.engine.callbacks.probe import OnlineProbeMonitor
 
 
@@ -30,14 +29,14 @@ def main() -> None:
         return extract(tr)
     assert tr.parts.probe is not None, "the probe needs CIFAR-10's labels and val split"
     cb, bs = OnlineProbeMonitor(), tr.cfg.batch_size
-    it = tr.data.epoch(0, 0, lambda s: step_generator(tr.cfg.seed, s, per_rank=False))
+    it = tr.data.epoch(0, 0)
 
     def timed(n: int, probe: bool) -> float:
         if probe:
             cb.on_fit_start(tr)  # the forward hook
         t = time.perf_counter()
         for _ in range(n):
-            stats = tr.train_step(next(it), step_generator(tr.cfg.seed, tr.step, salt=1))
+            stats = tr.train_step(next(it), tr.data.cutmix_generator(tr.step))
             if probe:
                 cb.on_step(tr, stats, bs)
         elapsed = time.perf_counter() - t

@@ -16,7 +16,6 @@ import time
 from harness import machine, make_trainer
 
 from unigrad.config import parse_set
-from unigrad.data.pipeline import step_generator
 from unigrad.engine.callbacks import Diagnostics
 from unigrad.engine.profiling import SectionTimer
 
@@ -46,15 +45,15 @@ def main() -> None:
     )
     timer = SectionTimer(tr.device)
     tr.timer = timer
-    it = tr.data.epoch(0, 0, lambda s: step_generator(0, s))
+    it = tr.data.epoch(0, 0)
     for _ in range(2):  # warm-up
-        tr.train_step(next(it), step_generator(0, tr.step, 1))
+        tr.train_step(next(it), tr.data.cutmix_generator(tr.step))
     timer.reset()
     start = time.perf_counter()
     for _ in range(a.steps):
         with timer("data + augmentation"):
             views = next(it)
-        tr.train_step(views, step_generator(0, tr.step, 1))
+        tr.train_step(views, tr.data.cutmix_generator(tr.step))
     total = (time.perf_counter() - start) / a.steps
     sections = {k: v / a.steps for k, v in timer.totals.items()}
     print(f"# {machine()}")

@@ -97,3 +97,117 @@ def test_a_non_finite_loss_between_log_boundaries_stops_before_the_checkpoint(tm
         Trainer(cfg, show_progress=False).fit()
     assert getattr(e.value, "exit_code", None) == 3
     assert not list((tmp_path / "r").glob("*.ckpt"))  # nothing non-finite was written
+
+
+# --- item 4: draws on the device ------------------------------------------------------------
+# On a GPU the fast pipeline draws on the device and applies every op masked; the CPU reaches the
+# same code with ``device_draws=True`` (a CPU generator is then "the device's"), which gives the
+# same numbers as the CPU's host draws: the same generator stream, the same kernels per row.
+
+FACTORIES = ("tensor", "as_tensor", "empty", "zeros", "ones", "full", "rand", "randn", "randint",
+             "randperm", "arange", "linspace")  # fmt: skip
+
+
+@contextlib.contextmanager
+def host_work():
+    """Count what would copy from or wait on the host on a GPU: a factory call with no
+    ``device`` (a CPU tensor, then copied), a row selection by ``nonzero``, a conversion."""
+    seen: list[str] = []
+    orig = {n: getattr(torch, n) for n in FACTORIES}
+
+    def wrap(name):
+        def f(*a, **k):
+            if k.get("device") is None:
+                seen.append(f"torch.{name} without a device")
+            return orig[name](*a, **k)
+
+        return f
+
+    nonzero = torch.Tensor.nonzero
+    torch.Tensor.nonzero = lambda self, *a, **k: seen.append("nonzero") or nonzero(self, *a, **k)
+    for n in FACTORIES:
+        setattr(torch, n, wrap(n))
+    try:
+        with counting() as count:
+            yield seen
+        seen += ["conversion"] * count[0]
+    finally:
+        torch.Tensor.nonzero = nonzero
+        for n, f in orig.items():
+            setattr(torch, n, f)
+
+
+def fast_data(folder, device_draws, **over):
+    from unigrad.data.pipeline import build_train_data
+
+    base = {"data": str(folder), "batch_size": 8, "cutmix": True}
+    cfg = build_config(TINY, base, {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2], **over})
+    data = build_train_data(cfg, torch.device("cpu")).train
+    if device_draws:
+        from unigrad.data.pipeline import FastData
+
+        data = FastData(cfg, torch.device("cpu"), data_split(data), device_draws=True)
+    return data
+
+
+def data_split(data):
+    from unigrad.data.inmemory import Uint8Split
+
+    return Uint8Split(data.images, data.labels, [])
+
+
+def test_device_draws_make_the_host_draws_views(folder):
+    host, dev = fast_data(folder, False), fast_data(folder, True)
+    assert dev.draw_device == torch.device("cpu") and dev.aug.device_draws
+    for a, b in zip(host.epoch(1, 0), dev.epoch(1, 0), strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(host.probe(8), dev.probe(8), strict=True))
+
+
+def test_device_draws_wait_on_nothing_between_epochs(folder):
+    """Steady-state batches (the permutation is moved once per epoch, before them) and their
+    CutMix create no host tensor, select no rows on the host and convert nothing."""
+    from unigrad.engine.profiling import NullTimer
+    from unigrad.engine.step import mixed_views
+
+    data = fast_data(folder, True, multi_crop="2x16,2x8")
+    it = data.epoch(0, 0)
+    next(it)
+    with host_work() as seen:
+        for b in range(1, 4):
+            mixed_views(next(it), data.cutmix_generator(b), True, NullTimer())
+    assert seen == []
+    host = fast_data(folder, False)  # the check can fail: the host draws select on the host
+    it = host.epoch(0, 0)
+    next(it)
+    with host_work() as seen:
+        next(it)
+    assert "nonzero" in seen
+
+
+def test_training_with_device_draws_equals_host_draws(tmp_path, folder, monkeypatch):
+    """The loop hands the data's own generators to it and to CutMix: a run forced onto the
+    device-draw path trains bit-identically to the host path on the CPU."""
+    import functools
+
+    from unigrad.data import pipeline
+
+    def run(out):
+        cfg = build_config(
+            TINY,
+            {"data": str(folder), "out": str(out), "max_steps": 4, "batch_size": 8},
+            {"cutmix": True, "multi_crop": "2x16,2x8", "knn_every": 0, "amp": "off"},
+        )
+        tr = Trainer(cfg, show_progress=False)
+        with contextlib.redirect_stderr(io.StringIO()):
+            tr.fit()
+        return tr
+
+    host = run(tmp_path / "host")
+    monkeypatch.setattr(
+        pipeline, "FastData", functools.partial(pipeline.FastData, device_draws=True)
+    )
+    dev = run(tmp_path / "dev")
+    assert dev.data.aug.device_draws and not host.data.aug.device_draws
+    a, b = host.model.state_dict(), dev.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

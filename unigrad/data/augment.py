@@ -14,8 +14,8 @@ probabilities may differ per view (BYOL: blur 1.0 / 0.1, solarize 0 / 0.2; see
   per-image transform, :class:`MultiViewTransform` (``img -> list of views``), also serves as
   the ``transform`` of any user's Dataset (then drawing from torch's global RNG).
 - fast: :class:`FastAugment`, whole batches (uint8, or float in [0, 1]) as tensors (in-memory
-  data), every random number drawn from an explicit CPU ``torch.Generator``; crops through one
-  ``roi_align`` call.
+  data), every random number drawn from an explicit ``torch.Generator`` (a CPU one, or on a
+  GPU one on the images' device, ``device_draws``); crops through one ``roi_align`` call.
 
 The fast pipeline's crop boxes are continuous (no rounding to whole pixels), otherwise its
 parameters follow torchvision's sampling step by step (10 crop trials then a centre crop, the
@@ -99,10 +99,12 @@ class ViewParams:
 def sample_view_params(
     spec: AugmentSpec, view: ViewSpec, n: int, height: int, width: int, g: torch.Generator
 ) -> ViewParams:
-    """Draw one view's parameters for N images of H x W, the fast pipeline's way."""
-    trials, area = 10, height * width
-    scale = torch.empty(n, trials).uniform_(*view.scale, generator=g) * area
-    ratio = torch.empty(n, trials).uniform_(*[math.log(a) for a in ASPECT], generator=g).exp()
+    """Draw one view's parameters for N images of H x W, the fast pipeline's way, on the
+    generator's device (a CUDA generator draws them where the images are: no host transfer)."""
+    trials, area, dev = 10, height * width, g.device
+    scale = torch.empty(n, trials, device=dev).uniform_(*view.scale, generator=g) * area
+    log_aspect = [math.log(a) for a in ASPECT]
+    ratio = torch.empty(n, trials, device=dev).uniform_(*log_aspect, generator=g).exp()
     w, h = (scale * ratio).sqrt(), (scale / ratio).sqrt()
     ok = (w <= width) & (h <= height)
     first = ok.int().argmax(1, keepdim=True)  # torchvision: the first trial that fits
@@ -112,24 +114,37 @@ def sample_view_params(
     fw = width if in_ratio <= ASPECT[1] else height * ASPECT[1]
     fh = height if in_ratio >= ASPECT[0] else width / ASPECT[0]
     w, h = torch.where(ok.any(1), w, fw), torch.where(ok.any(1), h, fh)
-    x0 = torch.rand(n, generator=g) * (width - w)
-    y0 = torch.rand(n, generator=g) * (height - h)
-    lo, hi = torch.tensor(spec.jitter_ranges()).T
+    x0 = torch.rand(n, generator=g, device=dev) * (width - w)
+    y0 = torch.rand(n, generator=g, device=dev) * (height - h)
+    lo, hi = K.constant(tuple(spec.jitter_ranges()), dev).T
+
+    def coin(p: float) -> torch.Tensor:
+        return torch.rand(n, generator=g, device=dev) < p
+
     return ViewParams(
         boxes=torch.stack((x0, y0, x0 + w, y0 + h), 1),
-        flip=torch.rand(n, generator=g) < 0.5,
-        jitter=torch.rand(n, generator=g) < view.jitter_p,
-        factors=lo + (hi - lo) * torch.rand(n, 4, generator=g),
-        order=torch.rand(n, 4, generator=g).argsort(1),
-        gray=torch.rand(n, generator=g) < view.gray_p,
-        blur=torch.rand(n, generator=g) < view.blur_p,
-        sigma=torch.empty(n).uniform_(*SIGMA, generator=g),
-        solarize=torch.rand(n, generator=g) < view.solarize_p,
+        flip=coin(0.5),
+        jitter=coin(view.jitter_p),
+        factors=lo + (hi - lo) * torch.rand(n, 4, generator=g, device=dev),
+        order=torch.rand(n, 4, generator=g, device=dev).argsort(1),
+        gray=coin(view.gray_p),
+        blur=coin(view.blur_p),
+        sigma=torch.empty(n, device=dev).uniform_(*SIGMA, generator=g),
+        solarize=coin(view.solarize_p),
     )
 
 
-def _apply(x: torch.Tensor, mask: torch.Tensor, fn: Any, *args: torch.Tensor) -> torch.Tensor:
-    """x[mask] = fn(x[mask], *args[mask]); masks live on the CPU, so no device sync."""
+def _apply(
+    x: torch.Tensor, mask: torch.Tensor, fn: Any, *args: torch.Tensor, masked: bool = False
+) -> torch.Tensor:
+    """x[mask] = fn(x[mask], *args[mask]).
+
+    Host draws (``masked`` False, the mask on the CPU): the op runs on the selected rows only,
+    selected with no device sync. Device draws (``masked``, the mask on x's device): the op runs
+    on every row and ``torch.where`` keeps the selected ones, so nothing waits on the host."""
+    if masked:
+        out = fn(x, *(a.to(x.device) for a in args))
+        return torch.where(mask.to(x.device).view(-1, 1, 1, 1), out, x)
     idx = mask.nonzero()[:, 0]
     if idx.numel() == len(mask):
         return fn(x, *(a.to(x.device, non_blocking=True) for a in args))
@@ -140,13 +155,20 @@ def _apply(x: torch.Tensor, mask: torch.Tensor, fn: Any, *args: torch.Tensor) ->
 
 
 def apply_view(
-    spec: AugmentSpec, x: torch.Tensor, p: ViewParams, size: int, channels_last: bool = False
+    spec: AugmentSpec,
+    x: torch.Tensor,
+    p: ViewParams,
+    size: int,
+    channels_last: bool = False,
+    masked: bool = False,
 ) -> torch.Tensor:
-    """One view of a batch: x [N, 3, H, W] float in [0, 1] -> [N, 3, size, size] normalised."""
+    """One view of a batch: x [N, 3, H, W] float in [0, 1] -> [N, 3, size, size] normalised
+    (``masked``: see :func:`finish_view`)."""
     n = x.shape[0]
-    rois = torch.cat((torch.arange(n, dtype=p.boxes.dtype)[:, None], p.boxes), 1)
+    index = torch.arange(n, dtype=p.boxes.dtype, device=p.boxes.device)
+    rois = torch.cat((index[:, None], p.boxes), 1)
     v = K.crop_resize(x, rois.to(x.device, non_blocking=True), size)
-    return finish_view(spec, v, p, channels_last)
+    return finish_view(spec, v, p, channels_last, masked=masked)
 
 
 def finish_view(
@@ -155,6 +177,7 @@ def finish_view(
     p: ViewParams,
     channels_last: bool = False,
     direct: bool = False,
+    masked: bool = False,
 ) -> torch.Tensor:
     """Everything of a view after its crop: v [N, 3, s, s] float in [0, 1], the crops of
     ``p.boxes`` -> flipped, jittered, grayscale, blurred, solarized (per ``p``) and normalised
@@ -162,22 +185,26 @@ def finish_view(
     workers cut the crops, :mod:`unigrad.data.crops`). ``direct``: the faster hue and blur
     kernels (:func:`~unigrad.data.kernels.adjust_hue_direct`,
     :func:`~unigrad.data.kernels.gaussian_blur_matmul`, equal up to float rounding); the fast
-    pipeline keeps the reference kernels, so recorded runs stay bit-identical."""
+    pipeline keeps the reference kernels, so recorded runs stay bit-identical. ``masked``: the
+    parameters live on v's device (device draws) and every op runs on the whole batch, kept
+    where its mask is set (no host sync, no transfer); else the masks are on the CPU and each op
+    runs on its selected rows only (the same views from the same parameters)."""
     jitter_ops = K.JITTER_OPS_DIRECT if direct else K.JITTER_OPS
     blur = K.gaussian_blur_matmul if direct else K.gaussian_blur
     size = v.shape[-1]
-    v = _apply(v, p.flip, lambda t: t.flip(-1))
+    m = {"masked": masked}
+    v = _apply(v, p.flip, lambda t: t.flip(-1), **m)
     identity = [lo == hi for lo, hi in spec.jitter_ranges()]  # torchvision skips these ops
     for k in range(4):
         for op, fn in enumerate(jitter_ops):
             if not identity[op]:
-                v = _apply(v, p.jitter & (p.order[:, k] == op), fn, p.factors[:, op])
-    v = _apply(v, p.gray, lambda t: K.grayscale(t).repeat(1, 3, 1, 1))
+                v = _apply(v, p.jitter & (p.order[:, k] == op), fn, p.factors[:, op], **m)
+    v = _apply(v, p.gray, lambda t: K.grayscale(t).repeat(1, 3, 1, 1), **m)
     ksize = K.blur_kernel_size(size)
-    v = _apply(v, p.blur, lambda t, s: blur(t, s, ksize), p.sigma)
-    v = _apply(v, p.solarize, lambda t: K.solarize(t, SOLARIZE_THRESHOLD))
-    mean = torch.tensor(MEAN, device=v.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=v.device).view(1, 3, 1, 1)
+    v = _apply(v, p.blur, lambda t, s: blur(t, s, ksize), p.sigma, **m)
+    v = _apply(v, p.solarize, lambda t: K.solarize(t, SOLARIZE_THRESHOLD), **m)
+    mean = K.constant(MEAN, v.device).view(1, 3, 1, 1)
+    std = K.constant(STD, v.device).view(1, 3, 1, 1)
     v = (v - mean) / std
     return v.contiguous(memory_format=torch.channels_last) if channels_last else v
 
@@ -216,17 +243,25 @@ class FastAugment:
         spec: the recipe.
         channels_last: return views in channels_last memory format.
         cpu_threads: intra-op threads for CPU batches (None: leave torch's setting).
+        device_draws: draw the parameters from a generator on the images' device and apply
+            every op masked (:func:`finish_view`): no host sync and no host-to-device transfer
+            per batch (the fast pipeline on a GPU). Else (default) the generator is a CPU one and
+            each op runs on its selected rows only (fewer operations; the CPU's choice). The
+            same generator state gives the same views either way.
     """
 
     def __init__(
-        self, spec: AugmentSpec, channels_last: bool = False, cpu_threads: int | None = 1
+        self,
+        spec: AugmentSpec,
+        channels_last: bool = False,
+        cpu_threads: int | None = 1,
+        device_draws: bool = False,
     ) -> None:
         self.spec, self.views, self.channels_last = spec, spec.views(), channels_last
-        self.cpu_threads = cpu_threads
+        self.cpu_threads, self.device_draws = cpu_threads, device_draws
 
     def sample(self, n: int, height: int, width: int, g: torch.Generator) -> list[ViewParams]:
-        if g.device.type != "cpu":
-            raise ValueError("FastAugment draws its parameters from a CPU torch.Generator")
+        """Each view's parameters for N images of H x W, drawn on ``g``'s device."""
         return [sample_view_params(self.spec, v, n, height, width, g) for v in self.views]
 
     def __call__(
@@ -243,6 +278,12 @@ class FastAugment:
         slice, so a distributed run sees exactly the views of a single-process run.
         """
         check_images(images, "N, 3, H, W", "FastAugment")
+        want = images.device if self.device_draws else torch.device("cpu")
+        if generator.device.type != want.type:
+            raise ValueError(
+                f"FastAugment(device_draws={self.device_draws}) draws from a {want.type} "
+                f"torch.Generator, got a {generator.device.type} one"
+            )
         n, _, h, w = images.shape
         rank, world = part
         threads = torch.get_num_threads()
@@ -258,7 +299,7 @@ class FastAugment:
                 ]
             x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
             return [
-                apply_view(self.spec, x, p, v.size, self.channels_last)
+                apply_view(self.spec, x, p, v.size, self.channels_last, self.device_draws)
                 for p, v in zip(params, self.views, strict=True)
             ]
         finally:
@@ -443,7 +484,8 @@ def cutmix(
 
     Args:
         views: [N, C, H, W] tensors; the mixed ones must share H, W.
-        generator: a CPU generator, all randomness comes from it.
+        generator: all randomness comes from it, drawn on its device (a CPU one, or one on
+            the views' device: then nothing is copied from the host).
         views_to_mix: which views to mix.
 
     Returns:
@@ -454,15 +496,17 @@ def cutmix(
     n, _, h, w = ref.shape
     if any(views[i].shape[-2:] != ref.shape[-2:] for i in views_to_mix):
         raise ValueError("cutmix: the mixed views must have the same size")
-    perm = torch.randperm(n, generator=generator)
-    cut = (1 - torch.rand(n, generator=generator)).sqrt()
+    dev = generator.device
+    perm = torch.randperm(n, generator=generator, device=dev)
+    cut = (1 - torch.rand(n, generator=generator, device=dev)).sqrt()
     cw, ch = (w * cut).long(), (h * cut).long()
-    cx = torch.randint(w, (n,), generator=generator)
-    cy = torch.randint(h, (n,), generator=generator)
+    cx = torch.randint(w, (n,), generator=generator, device=dev)
+    cy = torch.randint(h, (n,), generator=generator, device=dev)
     x0, x1 = (cx - cw // 2).clamp(0, w), (cx + cw // 2).clamp(0, w)
     y0, y1 = (cy - ch // 2).clamp(0, h), (cy + ch // 2).clamp(0, h)
     ratio = 1 - ((x1 - x0) * (y1 - y0)).float() / (h * w)
-    cols, rows = torch.arange(w).view(1, 1, w), torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    rows = torch.arange(h, device=dev).view(1, h, 1)
     box = (cols >= x0.view(-1, 1, 1)) & (cols < x1.view(-1, 1, 1))
     box = box & (rows >= y0.view(-1, 1, 1)) & (rows < y1.view(-1, 1, 1))
     box, perm, ratio = (t.to(ref.device, non_blocking=True) for t in (box, perm, ratio))

@@ -159,8 +159,9 @@ class EpochSampler:
     Every global batch of ``batch_size`` indices is split over ranks, rank ``r`` taking the
     ``r``-th slice of ``batch_size // world_size``; the last incomplete global batch is dropped.
     Iteration starts at global batch ``start_batch``, so a run resumed mid-epoch sees exactly
-    the batches it had not seen. Yields [batch_size // world_size] int64 index tensors; usable as
-    a DataLoader ``batch_sampler`` and to index an in-memory tensor.
+    the batches it had not seen. Yields [batch_size // world_size] int64 index tensors (on
+    ``device``, default the CPU); usable as a DataLoader ``batch_sampler`` and to index an
+    in-memory tensor.
     """
 
     def __init__(
@@ -172,6 +173,7 @@ class EpochSampler:
         rank: int = 0,
         world_size: int = 1,
         start_batch: int = 0,
+        device: torch.device | None = None,
     ) -> None:
         if not 0 <= rank < world_size <= batch_size:
             raise ValueError(f"need 0 <= rank < world_size <= batch_size, got {rank}, {world_size}")
@@ -183,6 +185,7 @@ class EpochSampler:
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.per_rank = batch_size // world_size
+        self.device = device
         self.set_epoch(epoch, start_batch)
 
     @property
@@ -204,6 +207,8 @@ class EpochSampler:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         perm = self.permutation()
+        if self.device is not None:
+            perm = perm.to(self.device)  # once per epoch: the batches are slices of it
         lo = self.rank * self.per_rank
         for b in range(self.start_batch, self.batches_per_epoch):
             yield perm[b * self.batch_size + lo : b * self.batch_size + lo + self.per_rank]

@@ -7,6 +7,7 @@ scalar per call, these take a [M] tensor. Images are [M, 3, H, W] float.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -15,6 +16,14 @@ from torchvision.ops import roi_align
 
 #: ITU-R 601-2 luma, as torchvision's ``rgb_to_grayscale``.
 LUMA = (0.2989, 0.587, 0.114)
+
+
+@functools.cache
+def constant(values: tuple, device: torch.device) -> torch.Tensor:
+    """float32 ``torch.tensor(values)`` on ``device``, made once per (values, device): a
+    constant of a per-step kernel costs no host-to-device copy after the first step. Read
+    only (shared by every caller)."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def _col(f: torch.Tensor) -> torch.Tensor:
@@ -71,8 +80,15 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     q = (v * (1 - s * f)).clamp(0, 1)
     t = (v * (1 - s * (1 - f))).clamp(0, 1)
     vpqt = torch.stack((v, p, q, t), dim=1)  # which of v, p, q, t each channel takes, per sector
-    select = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]])
-    return vpqt.gather(1, select.to(x.device)[:, i].movedim(0, 1))
+    select = _hsv_select(x.device)
+    return vpqt.gather(1, select[:, i].movedim(0, 1))
+
+
+@functools.cache
+def _hsv_select(device: torch.device) -> torch.Tensor:
+    """[3, 6] long: which of (v, p, q, t) each RGB channel takes in each hue sector."""
+    rows = [[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]]
+    return torch.tensor(rows, device=device)
 
 
 def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

@@ -44,11 +44,17 @@ from unigrad.data.user_data import DatasetSource
 from unigrad.errors import UserError
 
 
-def step_generator(seed: int, step: int, salt: int = 0, per_rank: bool = True) -> torch.Generator:
-    """A CPU generator whose state is a pure function of (seed, step, salt) and, if
-    ``per_rank``, the rank."""
+def step_generator(
+    seed: int,
+    step: int,
+    salt: int = 0,
+    per_rank: bool = True,
+    device: torch.device | str = "cpu",
+) -> torch.Generator:
+    """A generator on ``device`` whose state is a pure function of (seed, step, salt) and, if
+    ``per_rank``, the rank (seeding a CUDA generator is a host-side operation: no sync)."""
     rank = dist.rank() if per_rank else -1
-    return torch.Generator().manual_seed(data.mix_seed(seed, step, rank, salt))
+    return torch.Generator(device=device).manual_seed(data.mix_seed(seed, step, rank, salt))
 
 
 class TrainData:
@@ -67,6 +73,9 @@ class TrainData:
     #: Labels [B] (int64, on the device) of the batch :meth:`epoch` yielded last, where the
     #: data has them (the online probe's targets), else None.
     batch_labels: torch.Tensor | None = None
+    #: Where the step's random draws are made (the generators the loop passes to :meth:`epoch`
+    #: and CutMix): the training device for the fast pipeline on a GPU, else the CPU.
+    draw_device: torch.device = torch.device("cpu")
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
@@ -74,11 +83,25 @@ class TrainData:
         self.n_views = len(self.spec.views())
         self._probe: list[torch.Tensor] | None = None
 
+    def augment_generator(self, step: int) -> torch.Generator:
+        """The augmentation's generator of step ``step``: a function of (seed, step), the same
+        on every rank (each rank applies its slice of the global batch's draws)."""
+        return step_generator(self.cfg.seed, step, per_rank=False, device=self.draw_device)
+
+    def cutmix_generator(self, step: int) -> torch.Generator:
+        """CutMix's generator of step ``step``: a function of (seed, step, rank)."""
+        return step_generator(self.cfg.seed, step, salt=1, device=self.draw_device)
+
     def epoch(
-        self, epoch: int, start: int, gen_for_step: Callable[[int], torch.Generator]
+        self,
+        epoch: int,
+        start: int,
+        gen_for_step: Callable[[int], torch.Generator] | None = None,
     ) -> Iterator[list[torch.Tensor]]:
         """The views of each step of ``epoch`` from its batch ``start`` on: lists of
-        [B, 3, H_i, W_i] float tensors on the device, global views first."""
+        [B, 3, H_i, W_i] float tensors on the device, global views first. ``gen_for_step``
+        (default :meth:`augment_generator`) gives the generator of a step, where the views
+        draw from one."""
         raise NotImplementedError
 
     def probe(self, n: int) -> list[torch.Tensor]:
@@ -99,10 +122,14 @@ class TrainData:
             )
         return n // self.cfg.batch_size
 
-    def _sampler(self, n: int, epoch: int, start: int) -> data.EpochSampler:
+    def _sampler(
+        self, n: int, epoch: int, start: int, device: torch.device | None = None
+    ) -> data.EpochSampler:
         c = self.cfg
         world = (dist.rank(), dist.world_size())
-        return data.EpochSampler(n, c.batch_size, c.seed, epoch, *world, start_batch=start)
+        return data.EpochSampler(
+            n, c.batch_size, c.seed, epoch, *world, start_batch=start, device=device
+        )
 
     def _to_device(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
@@ -111,30 +138,50 @@ class TrainData:
 
 class FastData(TrainData):
     """``fast``: the training split in memory (``split.images`` [N, 3, H, W] uint8), whole
-    batches augmented on the device. On a GPU with room for it (a quarter of its free memory)
-    the uint8 split lives there, so a step copies no images from the host (the random draws,
-    a few numbers per image from the (seed, step) generator, still come from the CPU)."""
+    batches augmented on the device.
 
-    def __init__(self, cfg: Config, device: torch.device, split: inmemory.Uint8Split) -> None:
+    On a GPU the random draws are made there (``draw_device``; the loop's (seed, step)
+    generators live on the device) and applied masked, and where the uint8 split fits (a
+    quarter of the free memory) it lives there with its labels and each epoch's permutation:
+    a step then copies nothing from the host and waits on nothing. On the CPU the draws come
+    from CPU generators, applied to the selected rows only. ``device_draws`` forces the GPU's
+    way on any device (None: on a GPU only), so a CPU test reaches it.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        device: torch.device,
+        split: inmemory.Uint8Split,
+        device_draws: bool | None = None,
+    ) -> None:
         super().__init__(cfg, device)
         self.images, self.labels, self.skipped = split.images, split.labels, split.n_skipped
+        if device_draws is None:
+            device_draws = device.type != "cpu"
         if device.type == "cuda" and self.images.numel() < torch.cuda.mem_get_info(device)[0] // 4:
-            self.images = self.images.to(device)  # indexed with the sampler's CPU indices
-        self.aug = augment.FastAugment(self.spec, channels_last=cfg.channels_last)
+            self.images, self.labels = self.images.to(device), self.labels.to(device)
+        if device_draws:
+            self.draw_device = device
+        self.aug = augment.FastAugment(
+            self.spec, channels_last=cfg.channels_last, device_draws=device_draws
+        )
         self.steps_per_epoch = self._steps(len(self.images))
 
     def _views(self, x: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
         part = (dist.rank(), dist.world_size())
         return self.aug(x.to(self.device, non_blocking=True), gen, part)
 
-    def epoch(self, epoch, start, gen_for_step):
-        sampler = self._sampler(len(self.images), epoch, start)
+    def epoch(self, epoch, start, gen_for_step=None):
+        gen_for_step = gen_for_step or self.augment_generator
+        # indices where the split is: on the device, one copy of the permutation per epoch
+        sampler = self._sampler(len(self.images), epoch, start, self.images.device)
         for b, idx in enumerate(sampler, start):
             self.batch_labels = self.labels[idx].to(self.device, non_blocking=True)
             yield self._views(self.images[idx], gen_for_step(epoch * self.steps_per_epoch + b))
 
     def _make_probe(self, n):
-        g = torch.Generator().manual_seed(self.cfg.seed + 12345)
+        g = torch.Generator(device=self.draw_device).manual_seed(self.cfg.seed + 12345)
         return self._views(self.images[: min(n, len(self.images))], g)
 
 
@@ -156,7 +203,7 @@ class LoaderData(TrainData):
             **batching,
         )
 
-    def epoch(self, epoch, start, gen_for_step):
+    def epoch(self, epoch, start, gen_for_step=None):
         self.dataset.set_epoch(epoch)
         sampler = self._sampler(len(self.dataset), epoch, start)
         for views, labels in self._loader(self.dataset, batch_sampler=sampler):
@@ -201,7 +248,7 @@ class CropData(TrainData):
             x = crops.decode_and_crop(batch.items, batch.params, self.dataset.sizes, self.device)
         return crops.finish_views(self.spec, x, batch.params, self.cfg.channels_last)
 
-    def epoch(self, epoch, start, gen_for_step):
+    def epoch(self, epoch, start, gen_for_step=None):
         self.keys.sampler.set_epoch(epoch, start)
         if self.loader is None:
             self.loader = DataLoader(
@@ -266,7 +313,7 @@ class GivenLoaderData(TrainData):
             )
         return list(views)
 
-    def epoch(self, epoch, start, gen_for_step):
+    def epoch(self, epoch, start, gen_for_step=None):
         for holder in (self.loader.sampler, self.loader.batch_sampler):
             if hasattr(holder, "set_epoch"):
                 holder.set_epoch(epoch)
