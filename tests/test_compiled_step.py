@@ -200,3 +200,31 @@ def test_unknown_compile_mode_is_refused_in_one_line():
 
     with pytest.raises(UserError, match="compile must be one of off, model, step, auto"):
         build_config(TINY, {"compile": "fast"})
+
+
+#: one method per family from the CLI (the Trainer cases above cover moco, byol, directpred,
+#: barlow_twins, unigrad, simsiam's snapshot; test_ddp.py unigrad under torchrun)
+CLI_FAMILIES = ["simclr", "simsiam", "vicreg", "nnclr"]
+
+
+@pytest.mark.parametrize("method", CLI_FAMILIES)
+def test_the_cli_trains_every_family_with_the_step_compiled(method, tiny_folder, tmp_path,
+                                                           monkeypatch, capsys):  # fmt: skip
+    """``unigrad pretrain --set compile=step`` on the TINY ResNet: the step is captured (no
+    fallback: config.yaml records ``compile_resolved: step``) and the run trains to the end."""
+    import yaml
+
+    from unigrad.cli import main
+
+    monkeypatch.setenv("UNIGRAD_COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    sets = {**TINY, "max_steps": 4, "amp": "off", "knn_every": 0, "diag_every": 0,
+            "compile": "step"}  # fmt: skip
+    args = ["pretrain", "--method", method, "--data", str(tiny_folder), "--out", str(tmp_path)]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    assert main(args) == 0, capsys.readouterr().err
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert (cfg["compile"], cfg["compile_resolved"]) == ("step", "step")
+    last = (tmp_path / "metrics.csv").read_text().splitlines()[-1]
+    assert last.startswith("4,"), last
