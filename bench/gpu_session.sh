@@ -7,7 +7,8 @@
 #   1. agreement CPU vs device (bench/gpu_check.py)              -> $OUT/gpu_check.json
 #   2. throughput, eager vs compile=step, fp32 and bf16, the quick network and a full-width
 #      ResNet-18 (bench/compile_step.py); lightly 1.6.0's BYOL as the anchor where bench/.lightly
-#      or a lightly wheel in bench/wheels is there (bench/vs_lightly.py)  -> $OUT/throughput/
+#      or a lightly wheel in bench/wheels is there (bench/vs_lightly.py); the fast pipeline's
+#      host vs device draws (bench/augment_draws.py)                    -> $OUT/throughput/
 #   3. the budget ladder's 64- and 200-epoch rungs of the `budget` grid, as far as the deadline
 #      allows, in bench/grid_results/budget layout                   -> $OUT/bench/grid_results/budget
 #
@@ -63,6 +64,11 @@ for width in 0.25 1; do
     [ "$TINY" = 1 ] && break 2
   done
 done
+log "2a. the fast pipeline's draws: host vs device, eager vs compiled"
+dsteps=30; [ "$TINY" = 1 ] && dsteps=2
+timeout 120 "$PY" bench/augment_draws.py --device "$DEVICE" --steps "$dsteps" \
+  > "$OUT/throughput/augment_draws.md" 2>&1
+log "augment draws: exit $?"
 if PYTHONPATH=bench/.lightly:$PYTHONPATH "$PY" -c "import lightly" 2>/dev/null; then
   log "2b. lightly BYOL anchor"
   lsteps=20; [ "$TINY" = 1 ] && lsteps=2

@@ -211,3 +211,22 @@ def test_training_with_device_draws_equals_host_draws(tmp_path, folder, monkeypa
     assert dev.data.aug.device_draws and not host.data.aug.device_draws
     a, b = host.model.state_dict(), dev.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compiled_masked_augmentation_equals_eager_in_one_graph():
+    """On a GPU, ``compile: step`` compiles the masked ops (capture checked with aot_eager: no
+    graph break, the same views; inductor's code: ``bench/augment_draws.py``)."""
+    from unigrad.data.augment import AugmentSpec, FastAugment
+
+    spec = AugmentSpec(image_size=16, blur_p=[1.0, 0.1], solarize_p=[0.0, 0.2],
+                       multi_crop="2x16,2x8")  # fmt: skip
+    x = torch.randint(0, 256, (8, 3, 20, 20), dtype=torch.uint8)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager = FastAugment(spec, device_draws=True)
+    comp = FastAugment(spec, device_draws=True, compile_backend="aot_eager")
+    for seed in (0, 1):  # the second batch reuses the graph
+        a, b = (f(x, torch.Generator().manual_seed(seed)) for f in (eager, comp))
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # captured, reused

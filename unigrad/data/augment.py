@@ -248,6 +248,11 @@ class FastAugment:
             per batch (the fast pipeline on a GPU). Else (default) the generator is a CPU one and
             each op runs on its selected rows only (fewer operations; the CPU's choice). The
             same generator state gives the same views either way.
+        compile_backend: with ``device_draws``, apply the drawn parameters (crop, the masked
+            ops, normalisation) as one function compiled by ``torch.compile`` with this backend
+            (``inductor``: a few fused kernels per view instead of some hundred launches;
+            measured 1.6x the eager masked path on a CPU core, BENCHMARKS §1), one graph per
+            batch shape. None: eager.
     """
 
     def __init__(
@@ -256,9 +261,20 @@ class FastAugment:
         channels_last: bool = False,
         cpu_threads: int | None = 1,
         device_draws: bool = False,
+        compile_backend: str | None = None,
     ) -> None:
         self.spec, self.views, self.channels_last = spec, spec.views(), channels_last
         self.cpu_threads, self.device_draws = cpu_threads, device_draws
+        self._apply = self._apply_eager
+        if compile_backend is not None and device_draws:
+            self._apply = torch.compile(self._apply_eager, backend=compile_backend, dynamic=False)
+
+    def _apply_eager(self, x: torch.Tensor, params: list[ViewParams]) -> list[torch.Tensor]:
+        """x [N, 3, H, W] float in [0, 1] and each view's parameters -> the views."""
+        return [
+            apply_view(self.spec, x, p, v.size, self.channels_last, self.device_draws)
+            for p, v in zip(params, self.views, strict=True)
+        ]
 
     def sample(self, n: int, height: int, width: int, g: torch.Generator) -> list[ViewParams]:
         """Each view's parameters for N images of H x W, drawn on ``g``'s device."""
@@ -298,10 +314,7 @@ class FastAugment:
                     for p in params
                 ]
             x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-            return [
-                apply_view(self.spec, x, p, v.size, self.channels_last, self.device_draws)
-                for p, v in zip(params, self.views, strict=True)
-            ]
+            return self._apply(x, params)
         finally:
             torch.set_num_threads(threads)
 

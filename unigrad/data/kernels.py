@@ -16,14 +16,24 @@ from torchvision.ops import roi_align
 
 #: ITU-R 601-2 luma, as torchvision's ``rgb_to_grayscale``.
 LUMA = (0.2989, 0.587, 0.114)
+#: hsv_to_rgb: which of (v, p, q, t) each RGB channel takes in each of the six hue sectors.
+HSV_SELECT = ((0, 2, 1, 1, 3, 0), (3, 0, 0, 2, 1, 1), (1, 1, 3, 0, 0, 2))
+
+
+def constant(
+    values: tuple, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``torch.tensor(values)`` on ``device``, made once per (values, device, dtype): a constant
+    of a per-step kernel costs no host-to-device copy after the first step. Read only (shared
+    by every caller). Under ``torch.compile`` it is a constant of the graph."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _constant(values, device, dtype)
 
 
 @functools.cache
-def constant(values: tuple, device: torch.device) -> torch.Tensor:
-    """float32 ``torch.tensor(values)`` on ``device``, made once per (values, device): a
-    constant of a per-step kernel costs no host-to-device copy after the first step. Read
-    only (shared by every caller)."""
-    return torch.tensor(values, dtype=torch.float32, device=device)
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _col(f: torch.Tensor) -> torch.Tensor:
@@ -80,15 +90,8 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     q = (v * (1 - s * f)).clamp(0, 1)
     t = (v * (1 - s * (1 - f))).clamp(0, 1)
     vpqt = torch.stack((v, p, q, t), dim=1)  # which of v, p, q, t each channel takes, per sector
-    select = _hsv_select(x.device)
+    select = constant(HSV_SELECT, x.device, torch.long)
     return vpqt.gather(1, select[:, i].movedim(0, 1))
-
-
-@functools.cache
-def _hsv_select(device: torch.device) -> torch.Tensor:
-    """[3, 6] long: which of (v, p, q, t) each RGB channel takes in each hue sector."""
-    rows = [[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]]
-    return torch.tensor(rows, device=device)
 
 
 def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ from unigrad.data import datasets as data
 from unigrad.data.evaluation import EvalData
 from unigrad.data.sources import Source, source_from_config
 from unigrad.data.user_data import DatasetSource
+from unigrad.engine.run_config import compile_backend
 from unigrad.errors import UserError
 
 
@@ -145,7 +146,8 @@ class FastData(TrainData):
     quarter of the free memory) it lives there with its labels and each epoch's permutation:
     a step then copies nothing from the host and waits on nothing. On the CPU the draws come
     from CPU generators, applied to the selected rows only. ``device_draws`` forces the GPU's
-    way on any device (None: on a GPU only), so a CPU test reaches it.
+    way on any device (None: on a GPU only), so a CPU test reaches it. With ``compile: step``
+    (or ``auto``) on a GPU the masked ops run as one compiled function (one graph per batch shape).
     """
 
     def __init__(
@@ -163,8 +165,13 @@ class FastData(TrainData):
             self.images, self.labels = self.images.to(device), self.labels.to(device)
         if device_draws:
             self.draw_device = device
+        # compile: step (auto is step on a GPU) compiles the masked ops there too
+        compiled = device_draws and device.type == "cuda" and cfg.compile in ("step", "auto")
         self.aug = augment.FastAugment(
-            self.spec, channels_last=cfg.channels_last, device_draws=device_draws
+            self.spec,
+            channels_last=cfg.channels_last,
+            device_draws=device_draws,
+            compile_backend=compile_backend() if compiled else None,
         )
         self.steps_per_epoch = self._steps(len(self.images))
 

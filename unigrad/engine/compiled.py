@@ -22,7 +22,6 @@ line saying why (:func:`step_fallback_reason`).
 from __future__ import annotations
 
 import copy
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -36,11 +35,8 @@ from unigrad.engine.device import network_key, read_cached, write_cached
 from unigrad.engine.optim import set_lr
 from unigrad.engine.parts import RunParts
 from unigrad.engine.profiling import NullTimer
+from unigrad.engine.run_config import compile_backend
 from unigrad.engine.step import mixed_views, train_step
-
-#: torch.compile's backend for ``compile: step`` (tests and debugging: ``aot_eager`` captures
-#: the same graphs without generating code).
-BACKEND_ENV = "UNIGRAD_COMPILE_BACKEND"
 
 StepFn = Callable[..., dict[str, torch.Tensor]]
 
@@ -72,7 +68,7 @@ class CompiledStep:
         mode: str | None = None,
     ) -> None:
         self.parts = parts
-        backend = backend or os.environ.get(BACKEND_ENV, "inductor")
+        backend = backend or compile_backend()
         if mode is None and backend == "inductor" and device.type == "cuda":
             mode = "reduce-overhead"
         self.device = device

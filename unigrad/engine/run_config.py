@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from unigrad.core.section import Section, setting
@@ -17,6 +18,16 @@ def compile_mode(value: object) -> str:
     before the modes existed read as ``model``/``off``)."""
     text = str(value).lower() if value is not None else "off"
     return {"true": "model", "false": "off", "none": "off"}.get(text, text)
+
+
+#: torch.compile's backend for ``compile: step`` and the fast pipeline's compiled augmentation
+#: (tests and debugging: ``aot_eager`` captures the same graphs without generating code).
+BACKEND_ENV = "UNIGRAD_COMPILE_BACKEND"
+
+
+def compile_backend() -> str:
+    """``$UNIGRAD_COMPILE_BACKEND``, else ``inductor``."""
+    return os.environ.get(BACKEND_ENV, "inductor")
 
 
 @dataclass
