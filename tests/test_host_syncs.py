@@ -43,7 +43,8 @@ def folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("syncs") / "data", classes=2, per_class=70)
 
 
-def conversions(folder, out, steps, **over):
+def conversions(folder, out, steps, watch=None, **over):
+    """What ``watch`` (default :func:`counting`) counts over a run of ``steps`` steps."""
     cfg = build_config(
         TINY,
         {
@@ -63,11 +64,11 @@ def conversions(folder, out, steps, **over):
     tr = Trainer(cfg, show_progress=False)
     tr._open_run()
     try:
-        with contextlib.redirect_stderr(io.StringIO()), counting() as count:
+        with contextlib.redirect_stderr(io.StringIO()), (watch or counting)() as count:
             tr.train()
     finally:
         tr.close()
-    return count[0]
+    return len(count) if watch else count[0]
 
 
 FAMILIES = [  # one per family and per stateful part: bank, learned predictor, F and W_h, batch
@@ -230,3 +231,23 @@ def test_compiled_masked_augmentation_equals_eager_in_one_graph():
         assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
     assert not torch._dynamo.utils.counters["graph_break"]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # captured, reused
+
+
+@pytest.mark.parametrize("method,form,variant", FAMILIES)
+def test_a_gpu_step_copies_nothing_from_the_host(tmp_path, folder, monkeypatch, method, form,
+                                                 variant):  # fmt: skip
+    """The whole loop on the GPU's path (device draws, forced on the CPU): between log
+    boundaries no tensor is made without a device (on a GPU: a host tensor, then a copy that
+    waits), no row is selected on the host, nothing is converted."""
+    import functools
+
+    from unigrad.data import pipeline
+
+    monkeypatch.setattr(
+        pipeline, "FastData", functools.partial(pipeline.FastData, device_draws=True)
+    )
+    over = {"method": method, "form": form, "variant": variant}
+    conversions(folder, tmp_path / "warm", 1, **over)  # both runs then read the splits' cache
+    short = conversions(folder, tmp_path / "a", 10, watch=host_work, **over)
+    long = conversions(folder, tmp_path / "b", 30, watch=host_work, **over)
+    assert long - short == 0
