@@ -102,3 +102,15 @@ def test_predictor_lr_settings_reach_the_optimizer(tmp_path, tiny_folder, over, 
         for p in g["params"]:
             assert g["fixed_lr"] == (id(p) in pred and fixed)
             assert g["lr_scale"] == (scale if id(p) in pred else 1.0)
+
+
+def test_views_too_small_for_the_imagenet_stem_get_a_note(tiny_folder, tmp_path, capsys):
+    """ResNet + ImageNet stem + 16 px views: layer4 sees 1x1 maps (and PyTorch's CPU bf16
+    stride-2 convolution there writes non-finite gradients at random): one note; none with the
+    CIFAR stem."""
+    for stem in (False, True):
+        cfg = build_config(TINY, {"data": str(tiny_folder), "out": str(tmp_path / str(stem))},
+                           {"cifar_stem": stem})  # fmt: skip
+        Trainer(cfg, show_progress=False).close()
+        err = capsys.readouterr().err
+        assert ("cifar_stem=true" in err) is not stem, err

@@ -7,6 +7,7 @@ schedules, with one ``state_dict``. Built from a :class:`~unigrad.config.Config`
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +102,21 @@ class RunParts:
         return int(state["step"])
 
 
+def note_small_views(cfg: Config, smallest: int) -> None:
+    """One note where a torchvision ResNet with the ImageNet stem (stride 32) gets views of
+    16 px or less: layer4 then sees 1 x 1 maps, too small to learn from, and PyTorch's bf16
+    stride-2 convolution on a 1 x 1 input (CPU) writes non-finite weight gradients at random
+    (BENCHMARKS §2)."""
+    resnet = cfg.backbone.startswith("resnet") and not cfg.cifar_stem
+    if resnet and smallest <= 16 and dist.is_main():
+        print(
+            f"note: views of {smallest} px reach layer4 of {cfg.backbone} at 1x1 with the "
+            "ImageNet stem (and can give non-finite gradients in bf16 on a CPU); use "
+            "--set cifar_stem=true for small images",
+            file=sys.stderr,
+        )
+
+
 def build_parts(
     cfg: Config,
     device: torch.device,
@@ -117,6 +133,8 @@ def build_parts(
     model = model_from_config(
         cfg, predictor=spec.predictor == "mlp", backbone=backbone, feat_dim=feat_dim
     )
+    if backbone is None:
+        note_small_views(cfg, min(v.size for v in data.spec.views()))
     if cfg.sync_bn and dist.is_dist():
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
