@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import TINY
 from torch import nn
 
@@ -72,7 +73,7 @@ class Snapshots(Callback):
             }
 
 
-def run(folder, out, over, compile_mode, steps=5):
+def run(folder, out, over, compile_mode, steps=5, open_run=False):
     cfg = build_config(
         TINY,
         {
@@ -91,7 +92,13 @@ def run(folder, out, over, compile_mode, steps=5):
     snap = Snapshots((1, steps))
     torch.manual_seed(0)
     tr = Trainer(cfg, show_progress=False, backbone=TinyNet(), callbacks=[snap])
-    tr.train()
+    if open_run:  # config.yaml and the run log, as fit() opens them
+        tr._open_run()
+    try:
+        tr.train()
+    finally:
+        if open_run:
+            tr.close()
     return tr, snap.states
 
 
@@ -179,8 +186,10 @@ def test_compile_auto_measures_once_then_reads_its_cache(
     over = {"method": "byol"}
     torch._dynamo.reset()
     _, eager = run(tiny_folder, tmp_path / "eager", over, "off", steps=2)
-    tr, auto = run(tiny_folder, tmp_path / "auto", over, "auto", steps=2)
+    tr, auto = run(tiny_folder, tmp_path / "auto", over, "auto", steps=2, open_run=True)
     assert tr.step_mode == "auto" and tr.cfg.compile_resolved in ("off", "step")
+    record = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    assert record["compile_resolved"] == tr.cfg.compile_resolved  # the choice is recorded
     assert "compile auto:" in capsys.readouterr().err
     diff, key = max_diff(eager[2], auto[2])
     assert diff < 1e-5, f"{key} differs by {diff:.2e}: the measurement touched the run"
@@ -212,8 +221,6 @@ def test_the_cli_trains_every_family_with_the_step_compiled(method, tiny_folder,
                                                            monkeypatch, capsys):  # fmt: skip
     """``unigrad pretrain --set compile=step`` on the TINY ResNet: the step is captured (no
     fallback: config.yaml records ``compile_resolved: step``) and the run trains to the end."""
-    import yaml
-
     from unigrad.cli import main
 
     monkeypatch.setenv("UNIGRAD_COMPILE_BACKEND", "aot_eager")

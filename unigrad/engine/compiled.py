@@ -25,10 +25,12 @@ import copy
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from unigrad.config import save_config
 from unigrad.core import dist
 from unigrad.core.objective import Mix
 from unigrad.engine.device import network_key, read_cached, write_cached
@@ -191,7 +193,8 @@ class AutoStep:
     """``compile: auto`` on a CPU: at the first step, on copies of the run's parts and its
     first views, times the eager step against :class:`CompiledStep` (the compilation itself not
     counted) and runs the faster one from then on; the verdict is cached per host, torch and
-    network (:func:`unigrad.engine.device.network_key`), and ``cfg.compile_resolved`` records it.
+    network (:func:`unigrad.engine.device.network_key`), and ``cfg.compile_resolved`` records it
+    (config.yaml of a fresh run is written again with it).
     The run's own parts are not touched by the measurement. Single-process runs only
     (:func:`choose_step` runs a distributed CPU run eagerly)."""
 
@@ -226,6 +229,9 @@ class AutoStep:
                 f"step {verdict['step_ms']:g} ms per step; {'cached' if cached else 'measured'})"
             )
             self.cfg.compile_resolved = verdict["choice"]
+            record = Path(self.cfg.out) / "config.yaml"  # written before this first step
+            if step == 0 and dist.is_main() and record.is_file():
+                save_config(self.cfg, record)
             step_fn = train_step
             if verdict["choice"] == "step":
                 step_fn = CompiledStep(self.parts, self.device)
