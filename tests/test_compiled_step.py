@@ -235,3 +235,27 @@ def test_the_cli_trains_every_family_with_the_step_compiled(method, tiny_folder,
     assert (cfg["compile"], cfg["compile_resolved"]) == ("step", "step")
     last = (tmp_path / "metrics.csv").read_text().splitlines()[-1]
     assert last.startswith("4,"), last
+
+
+def test_no_int_enters_a_compiled_graph_and_steps_share_the_graphs(tiny_folder, tmp_path,
+                                                                   monkeypatch):  # fmt: skip
+    """Under ``reduce-overhead`` (CUDA) inductor records one CUDA graph per distinct int input,
+    so an int such as the step index would re-record every step; dynamo would also recompile
+    for it. Every graph of ``compile: step`` takes tensors only, and 8 steps compile at most 5
+    graphs (forward, its recompile when F initialises, the update, its recompile when SGD makes
+    its momentum buffers, and one spare), not one per step."""
+    from unigrad.engine import compiled
+
+    graphs: list[list[str]] = []
+
+    def backend(gm, example_inputs):
+        graphs.append([type(x).__name__ for x in example_inputs if not isinstance(x, torch.Tensor)])
+        return gm.forward
+
+    monkeypatch.setattr(compiled, "compile_backend", lambda: backend)
+    for method in ("byol", "unigrad"):
+        torch._dynamo.reset()
+        graphs.clear()
+        run(tiny_folder, tmp_path / method, {"method": method}, "step", steps=8)
+        assert 2 <= len(graphs) <= 5, f"{method}: {len(graphs)} graphs for 8 steps"
+        assert all(g == [] for g in graphs), f"{method}: int inputs {graphs}"

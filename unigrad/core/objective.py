@@ -208,7 +208,7 @@ class Objective(nn.Module):
         targets: TargetOut | list[torch.Tensor] | None = None,
         pred: list[torch.Tensor] | None = None,
         mix: Mix | None = None,
-        step: int | None = None,
+        step: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The scalar to backpropagate for one step; statistics go to ``self.stats``.
 
@@ -221,8 +221,10 @@ class Objective(nn.Module):
                 target, SimCLR / Barlow Twins / VICReg style).
             pred: predictor outputs [N, C] per view, for methods with a learned predictor.
             mix: CutMix bookkeeping, if the online views were mixed.
-            step: the training step (seen by terms as ``Step.index``, for per-step schedules);
-                default: the number of earlier calls of this objective.
+            step: the training step (seen by terms as ``Step.index``, for per-step schedules):
+                an int, or a 0-d integer tensor (``compile: step`` passes one, so a compiled
+                graph has no int input to specialise or to key CUDA graphs on); default: the
+                number of earlier calls of this objective.
 
         For a gradient form the returned value is a surrogate whose gradient is the paper's
         gradient; its value carries no meaning (log ``self.stats`` instead).
@@ -260,8 +262,10 @@ class Objective(nn.Module):
         if self.spec.predictor == "mlp" and pred is None:
             raise ValueError(f"{self.method} needs the predictor outputs: pass pred=[p0, p1, ...]")
         self.after_step()
-        index = self.calls if step is None else int(step)
-        self.calls = index + 1
+        if step is None:
+            index, self.calls = self.calls, self.calls + 1
+        else:
+            index = step if isinstance(step, torch.Tensor) else int(step)
         step = Step(
             online=[_fp32(z) for z in views],
             targets=TargetOut([_fp32(t) for t in targets.pos], [_fp32(t) for t in targets.neg]),

@@ -35,9 +35,10 @@ class Step:
 
     ``index`` is the training step (``Objective.forward(..., step=k)``, or the objective's own
     count of its calls), so a per-step schedule (e.g. a temperature warm-up) is written in the
-    term alone. ``parts`` are the term's own modules (:meth:`Term.modules`), kept and trained by
-    the objective. Terms may write statistics to ``stats`` (logged as ``objective.stats``) and
-    share per-step quantities through ``cache``.
+    term alone, with tensor operations (``compile: step`` passes a 0-d int64 tensor).
+    ``parts`` are the term's own modules (:meth:`Term.modules`), kept and trained by the
+    objective. Terms may write statistics to ``stats`` (logged as ``objective.stats``) and share
+    per-step quantities through ``cache``.
     """
 
     online: list[torch.Tensor]  # projector outputs z [N, C] per view (global views first)
@@ -46,7 +47,7 @@ class Step:
     pairs: list[tuple[int, list[int]]]  # (online view, target views of its positive)
     hp: dict[str, Any]  # the checked hyperparameters (MethodSpec.resolve)
     normalization: str  # the form's normalisation: "l2" | "bn" | "none"
-    index: int = 0  # the training step, from 0
+    index: int | torch.Tensor = 0  # the training step, from 0 (0-d tensor: compile: step)
     parts: Mapping[str, nn.Module] = field(default_factory=dict)
     corr: torch.Tensor | None = None  # F after this step's update [C, C]
     negatives: torch.Tensor | None = None  # the bank's rows [K, C]

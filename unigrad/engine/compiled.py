@@ -12,7 +12,9 @@ are drawn before region 1 and enter as tensors), ``zero_grad``, the float16 loss
 overflow check reads the host), the snapshot target's copy every k steps, and the bank's enqueue
 (:meth:`~unigrad.core.objective.Objective.after_step`, one ``index_copy_``). The schedules enter
 as 0-d tensors filled before each step (a kernel argument, not a host read), so one graph serves
-every step: the learning rate of each parameter group and the EMA weight ``1 - m``.
+every step: the learning rate of each parameter group, the EMA weight ``1 - m`` and the step
+index the objective's terms see (no int enters a graph: CUDA graphs record one graph per
+distinct int input).
 
 On CUDA the regions run as CUDA graphs (``mode="reduce-overhead"``); on the CPU inductor
 generates C++. A configuration the regions cannot hold falls back to ``compile: model`` with one
@@ -76,6 +78,9 @@ class CompiledStep:
         self.device = device
         self._lr_tensors = False  # made at the first call, after a resume loaded the groups
         self.ema_weight = torch.zeros((), dtype=torch.float32, device=device)
+        # the step index enters as a tensor: an int input would be specialised, or (as a SymInt)
+        # key a new CUDA graph recording for every value under reduce-overhead
+        self.step_index = torch.zeros((), dtype=torch.int64, device=device)
         self.ema = parts.target.net is not None and parts.target.kind != "snapshot"
         opts: dict[str, Any] = {"backend": backend}
         if mode is not None:
@@ -89,7 +94,7 @@ class CompiledStep:
         online_views: list[torch.Tensor],
         views: list[torch.Tensor],
         mix: Mix | None,
-        step: int,
+        step: torch.Tensor,
         n_target: int,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.parts
@@ -127,9 +132,10 @@ class CompiledStep:
             self._lr_tensors = True
         set_lr(p.optimizer, p.lr[step], p.peak_lr)  # fills the 0-d tensors
         self.ema_weight.fill_(1.0 - p.momentum[step])
+        self.step_index.fill_(step)
         online_views, mix = mixed_views(views, gen, cutmix, timer)
         with timer("forward (compiled)"):
-            loss, stats = self._forward(online_views, views, mix, step, n_target)
+            loss, stats = self._forward(online_views, views, mix, self.step_index, n_target)
         with timer("backward (compiled)"):
             p.optimizer.zero_grad(set_to_none=True)
             loss.backward()
