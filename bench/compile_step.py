@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from harness import machine, make_trainer, steady_state
 
 #: one configuration per family (and stateful part)
@@ -36,12 +37,16 @@ def measure(over: dict, steps: int) -> dict:
     eager_rate, _ = steady_state(eager, steps)
     del eager
     comp = make_trainer(**over, compile="step")
+    torch._dynamo.utils.counters.clear()
     t0 = time.perf_counter()
     steady_state(comp, 1, warmup=2)  # the compilation (and its recompilation at step 2)
     compile_s = time.perf_counter() - t0
     step_rate, _ = steady_state(comp, steps, warmup=1)
+    counters = torch._dynamo.utils.counters
     return {"eager": eager_rate, "step": step_rate, "ratio": step_rate / eager_rate,
-            "compile_s": compile_s, "mode": comp.step_mode}  # fmt: skip
+            "compile_s": compile_s, "mode": comp.step_mode,
+            "graphs": counters["stats"]["unique_graphs"],  # recompiles show here
+            "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}  # fmt: skip
 
 
 def main() -> None:
@@ -60,14 +65,15 @@ def main() -> None:
         a.steps = min(a.steps, 2)
     print(f"# {machine()}; {a.device}, amp {a.amp}, width {base['width']}, batch "
           f"{base.get('batch_size', 256)}, {a.steps} timed steps")  # fmt: skip
-    print("| family | eager img/s | step img/s | step / eager | compile s |")
-    print("|---|---|---|---|---|")
+    print("| family | eager img/s | step img/s | step / eager | compile s | graphs | CUDA graph "
+          "skips |\n|---|---|---|---|---|---|---|")  # fmt: skip
     rows = {}
     for fam in a.families.split(","):
         r = measure({**base, **FAMILIES[fam]}, a.steps)
         rows[fam] = r
         print(f"| {fam} | {r['eager']:.0f} | {r['step']:.0f} | {r['ratio']:.2f} | "
-              f"{r['compile_s']:.0f} |", flush=True)  # fmt: skip
+              f"{r['compile_s']:.0f} | {r['graphs']} | {r['cudagraph_skips']} |",
+              flush=True)  # fmt: skip
     if a.json:
         Path(a.json).write_text(json.dumps({"machine": machine(), "args": vars(a), "rows": rows},
                                            indent=1))  # fmt: skip

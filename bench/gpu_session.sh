@@ -89,11 +89,22 @@ rungs="64 200"
 for rung in $rungs; do
   for run in $(echo "$runs" | grep -E -- "-$rung-s[0-9]+$"); do
     [ "$(left)" -lt 60 ] && { log "deadline: $run and later runs not started"; break 2; }
-    log "3. $run"
+    log "3. $run (${over[*]})"
     timeout $(( $(left) - 20 )) "$PY" -m unigrad compare --grid budget --data "$DATA" \
       --out "$OUT/bench/grid_results/budget" --only "$run" --quiet "${over[@]}" \
       > "$OUT/bench/grid_results/budget/$run.log" 2>&1
-    log "$run: exit $? ($(tail -1 "$OUT/bench/grid_results/budget/$run.log"))"
+    rc=$?
+    log "$run: exit $rc ($(tail -1 "$OUT/bench/grid_results/budget/$run.log"))"
+    if [ "$rc" != 0 ] && [ "${over[*]}" = "--set compile=step" ] && [ "$(left)" -gt 120 ]; then
+      log "compile=step failed on $run (log kept as $run.step.log): the ladder goes on eagerly"
+      mv "$OUT/bench/grid_results/budget/$run.log" "$OUT/bench/grid_results/budget/$run.step.log"
+      rm -rf "$OUT/bench/grid_results/budget/$run"
+      over=()
+      timeout $(( $(left) - 20 )) "$PY" -m unigrad compare --grid budget --data "$DATA" \
+        --out "$OUT/bench/grid_results/budget" --only "$run" --quiet \
+        > "$OUT/bench/grid_results/budget/$run.log" 2>&1
+      log "$run (eager): exit $? ($(tail -1 "$OUT/bench/grid_results/budget/$run.log"))"
+    fi
     [ "$TINY" = 1 ] && break 2
   done
 done

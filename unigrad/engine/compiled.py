@@ -16,8 +16,10 @@ every step: the learning rate of each parameter group, the EMA weight ``1 - m`` 
 index the objective's terms see (no int enters a graph: CUDA graphs record one graph per
 distinct int input).
 
-On CUDA the regions run as CUDA graphs (``mode="reduce-overhead"``); on the CPU inductor
-generates C++. A configuration the regions cannot hold falls back to ``compile: model`` with one
+On CUDA the regions run as CUDA graphs (``mode="reduce-overhead"``): each step begins a new
+generation of their memory pool, and the statistics are copied out of it (a replay overwrites
+its outputs, and the metrics keep them until the log boundary); on the CPU inductor generates
+C++. A configuration the regions cannot hold falls back to ``compile: model`` with one
 line saying why (:func:`step_fallback_reason`).
 """
 
@@ -75,6 +77,7 @@ class CompiledStep:
         backend = backend or compile_backend()
         if mode is None and backend == "inductor" and device.type == "cuda":
             mode = "reduce-overhead"
+        self.cuda_graphs = mode == "reduce-overhead"
         self.device = device
         self._lr_tensors = False  # made at the first call, after a resume loaded the groups
         self.ema_weight = torch.zeros((), dtype=torch.float32, device=device)
@@ -134,8 +137,14 @@ class CompiledStep:
         self.ema_weight.fill_(1.0 - p.momentum[step])
         self.step_index.fill_(step)
         online_views, mix = mixed_views(views, gen, cutmix, timer)
+        if self.cuda_graphs:  # a new iteration of the CUDA graphs' memory pool
+            torch.compiler.cudagraph_mark_step_begin()
         with timer("forward (compiled)"):
             loss, stats = self._forward(online_views, views, mix, self.step_index, n_target)
+        # the statistics outlive the step (the metrics window keeps them to the log boundary);
+        # under CUDA graphs the next replay overwrites its outputs, so they are copied out
+        stats = {k: v.clone() for k, v in stats.items()}
+        p.objective.stats = dict(stats)
         with timer("backward (compiled)"):
             p.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -145,7 +154,7 @@ class CompiledStep:
                 p.target.update(p.model.encoder, p.momentum[step], step + 1)
         with timer("loss + sample set"):
             p.objective.after_step()
-        stats["loss"] = loss.detach()
+        stats["loss"] = loss.detach().clone()
         p.mark_nonfinite(stats["loss"])
         return stats
 
