@@ -182,3 +182,23 @@ def test_the_report_plots_the_probe_and_rankme(tmp_path):
     md = write_report([run]).read_text()
     assert (run / "report" / "probe.png").exists() and "](probe.png)" in md
     assert "probe/linear_top1" in md and "| 41.5 |" in md and "| 17.25 |" in md
+
+
+def test_the_probe_learns_cutmix_views_with_mixed_labels():
+    """With CutMix the probe's target is ratio * y_i + (1 - ratio) * y_perm[i]. Features that
+    show only the pasted image (ratio 0) are learnt as the pasted image's class; read as the
+    own image's class (no mix) they are noise."""
+    from unigrad.core.objective import Mix
+    from unigrad.eval.online_probe import OnlineProbe
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (64,), generator=g)
+    perm = torch.randperm(64, generator=g)
+    feats = torch.eye(4)[labels[perm]] + 0.05 * torch.randn(64, 4, generator=g)
+    mix = Mix(perm, torch.zeros(64))
+    mixed, plain = OnlineProbe(4, 4, lr=0.5), OnlineProbe(4, 4, lr=0.5)
+    for _ in range(50):
+        mixed.train_on(feats, labels, mix)
+        plain.train_on(feats, labels)
+    assert mixed.top1(feats, labels[perm]) == 100.0
+    assert plain.top1(feats, labels[perm]) < 60.0

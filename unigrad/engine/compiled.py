@@ -137,6 +137,7 @@ class CompiledStep:
         self.ema_weight.fill_(1.0 - p.momentum[step])
         self.step_index.fill_(step)
         online_views, mix = mixed_views(views, gen, cutmix, timer)
+        p.mix = mix
         if self.cuda_graphs:  # a new iteration of the CUDA graphs' memory pool
             torch.compiler.cudagraph_mark_step_begin()
         with timer("forward (compiled)"):

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from unigrad.config import Config, to_dict
 from unigrad.core import dist
-from unigrad.core.objective import Objective
+from unigrad.core.objective import Mix, Objective
 from unigrad.core.targets import TargetBranch, cosine_momentum
 from unigrad.data.pipeline import TrainData
 from unigrad.engine.device import resolve_amp
@@ -55,6 +55,8 @@ class RunParts:
     amp: torch.dtype | None
     nonfinite: torch.Tensor | None = None
     probe: OnlineProbe | None = None
+    #: the last step's CutMix of the online views (None: not mixed); the probe's labels follow it
+    mix: Mix | None = None
 
     def mark_nonfinite(self, loss: torch.Tensor) -> None:
         """Fold ``~isfinite(loss)`` into the device flag (no host sync)."""

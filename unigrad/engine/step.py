@@ -45,6 +45,7 @@ def train_step(
     timer = timer or NullTimer()
     set_lr(parts.optimizer, parts.lr[step], parts.peak_lr)  # Python floats: no host read
     online_views, mix = mixed_views(views, gen, cutmix, timer)
+    parts.mix = mix
     dtype = parts.amp or torch.float32
     with torch.autocast(views[0].device.type, dtype=dtype, enabled=parts.amp is not None):
         with timer("online forward"):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unigrad.core import dist
+from unigrad.core.objective import Mix
 
 #: Eval-split rows per batch when scoring (features are already computed).
 SCORE_BATCH = 4096
@@ -44,16 +45,25 @@ class OnlineProbe(nn.Module):
         """feats [B, D] -> logits [B, classes]."""
         return F.linear(self.norm(feats.float()), self.weight, self.bias)
 
-    def train_on(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+    def train_on(self, feats: torch.Tensor, labels: torch.Tensor, mix: Mix | None = None) -> None:
         """One SGD step on a batch: feats [B, D] (detached here), labels [B] int64 on the same
-        device. Nothing is read back to the host."""
+        device. ``mix``: the CutMix of the images the features came from (image i holds a box of
+        image ``perm[i]``, ``ratio[i]`` of its own area kept): the target is then
+        ``ratio * y_i + (1 - ratio) * y_perm[i]``, as CutMix trains a classifier. Nothing is read
+        back to the host."""
         threads = torch.get_num_threads()
         if self.weight.device.type == "cpu":  # tiny ops: on shared cores, waiting for a
             torch.set_num_threads(1)  # second OpenMP thread costs 1000x the work (BENCHMARKS 1)
         try:
             self.train()
             with torch.enable_grad():
-                loss = F.cross_entropy(self(feats.detach()), labels)
+                logits = self(feats.detach())
+                if mix is None:
+                    loss = F.cross_entropy(logits, labels)
+                else:
+                    own = F.cross_entropy(logits, labels, reduction="none")
+                    pasted = F.cross_entropy(logits, labels[mix.perm], reduction="none")
+                    loss = (mix.ratio * own + (1 - mix.ratio) * pasted).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if dist.is_dist():

@@ -5,9 +5,9 @@ end as ``probe/linear_top1`` (metrics.csv, the progress bar, the report).
 The features come from a forward hook on the online backbone that keeps the first output of
 each step's online forward (grad enabled, training mode; the diagnostics and the evaluation
 run without grad, the target's copy is another module), detached: no second backbone forward
-and no change to the step. The labels are the training data's ``batch_labels``. Nothing is read
-back to the host between epoch ends. With CutMix the first view is mixed; its label is the
-unmixed image's.
+and no change to the step. The labels are the training data's ``batch_labels``; with CutMix
+(the first view is mixed) the target mixes the two images' labels by area, as CutMix trains a
+classifier. Nothing is read back to the host between epoch ends.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class OnlineProbeMonitor(Callback):
         feats, self.feats = self.feats, None
         labels = trainer.data.batch_labels
         if feats is not None and labels is not None and trainer.parts.probe is not None:
-            trainer.parts.probe.train_on(feats, labels)
+            trainer.parts.probe.train_on(feats, labels, trainer.parts.mix)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         probe, data = trainer.parts.probe, trainer.eval_data
