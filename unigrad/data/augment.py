@@ -251,7 +251,7 @@ class FastAugment:
         compile_backend: with ``device_draws``, apply the drawn parameters (crop, the masked
             ops, normalisation) as one function compiled by ``torch.compile`` with this backend
             (``inductor``: a few fused kernels per view instead of some hundred launches;
-            measured 1.6x the eager masked path on a CPU core, BENCHMARKS §1), one graph per
+            1.6-1.9x the eager masked path on a CPU core, BENCHMARKS §1), one graph per
             batch shape. None: eager.
     """
 
