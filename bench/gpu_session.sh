@@ -80,8 +80,8 @@ else
 fi
 
 # 3. the ladder's new rungs, one run at a time, as far as the deadline allows
-over=(--set compile=step)
-[ "$DEVICE" = cpu ] && over=(--set device=cpu)
+compiled=(--set compile=step) over=()
+[ "$DEVICE" = cpu ] && compiled=() over=(--set device=cpu)
 runs=$("$PY" -m unigrad compare --grid budget --dry-run --out "$OUT/bench/grid_results/budget" \
   2>/dev/null | awk '{print $1}')
 rungs="64 200"
@@ -89,19 +89,19 @@ rungs="64 200"
 for rung in $rungs; do
   for run in $(echo "$runs" | grep -E -- "-$rung-s[0-9]+$"); do
     [ "$(left)" -lt 60 ] && { log "deadline: $run and later runs not started"; break 2; }
-    log "3. $run (${over[*]})"
+    log "3. $run (${compiled[*]} ${over[*]})"
     timeout $(( $(left) - 20 )) "$PY" -m unigrad compare --grid budget --data "$DATA" \
-      --out "$OUT/bench/grid_results/budget" --only "$run" --quiet "${over[@]}" \
+      --out "$OUT/bench/grid_results/budget" --only "$run" --quiet "${compiled[@]}" "${over[@]}" \
       > "$OUT/bench/grid_results/budget/$run.log" 2>&1
     rc=$?
     log "$run: exit $rc ($(tail -1 "$OUT/bench/grid_results/budget/$run.log"))"
-    if [ "$rc" != 0 ] && [ "${over[*]}" = "--set compile=step" ] && [ "$(left)" -gt 120 ]; then
+    if [ "$rc" != 0 ] && [ ${#compiled[@]} -gt 0 ] && [ "$(left)" -gt 120 ]; then
       log "compile=step failed on $run (log kept as $run.step.log): the ladder goes on eagerly"
       mv "$OUT/bench/grid_results/budget/$run.log" "$OUT/bench/grid_results/budget/$run.step.log"
       rm -rf "$OUT/bench/grid_results/budget/$run"
-      over=()
+      compiled=()
       timeout $(( $(left) - 20 )) "$PY" -m unigrad compare --grid budget --data "$DATA" \
-        --out "$OUT/bench/grid_results/budget" --only "$run" --quiet \
+        --out "$OUT/bench/grid_results/budget" --only "$run" --quiet "${over[@]}" \
         > "$OUT/bench/grid_results/budget/$run.log" 2>&1
       log "$run (eager): exit $? ($(tail -1 "$OUT/bench/grid_results/budget/$run.log"))"
     fi
