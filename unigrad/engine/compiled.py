@@ -7,7 +7,7 @@ The step is two compiled regions and a backward between them:
    compiles its backward too, so ``loss.backward()`` runs a compiled graph.
 2. ``update``: the optimiser step and the target's EMA.
 
-What stays eager is what a graph cannot hold or does not need: CutMix's CPU generator (its boxes
+What stays eager is what a graph cannot hold or does not need: CutMix's draws (its boxes
 are drawn before region 1 and enter as tensors), ``zero_grad``, the float16 loss scaler (its
 overflow check reads the host), the snapshot target's copy every k steps, and the bank's enqueue
 (:meth:`~unigrad.core.objective.Objective.after_step`, one ``index_copy_``). The schedules enter
