@@ -120,7 +120,7 @@ def agreement(device: str, steps: int, tol: float, root: Path, only: str) -> lis
 
 
 def device_draws(device: str, n: int = 4096, tol: float = 0.05) -> dict[str, Any]:
-    from unigrad.data.augment import AugmentSpec, FastAugment, ViewParams, apply_view
+    from unigrad.data.augment import AugmentSpec, FastAugment, apply_view
 
     spec = AugmentSpec(image_size=32, blur_p=[1.0, 0.1], solarize_p=[0.0, 0.2])
     g = torch.Generator().manual_seed(0)
@@ -133,7 +133,7 @@ def device_draws(device: str, n: int = 4096, tol: float = 0.05) -> dict[str, Any
     params = aug.sample(n, 32, 32, torch.Generator().manual_seed(1))
     same = 0.0
     for p, v in zip(params, aug.views, strict=True):
-        on_dev = ViewParams(**{k: t.to(device) for k, t in vars(p).items()})
+        on_dev = p.map(lambda t: t.to(device))
         a = apply_view(spec, xf.clone(), p, v.size)
         b = apply_view(spec, xf.clone(), on_dev, v.size, masked=True)
         same = max(same, float((a - b).abs().max()))

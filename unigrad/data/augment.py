@@ -75,7 +75,7 @@ SOLARIZE_THRESHOLD = 0.5
 
 @dataclass
 class ViewParams:
-    """One view's random parameters for N images (CPU tensors).
+    """One view's random parameters for N images (on the generator's device).
 
     Attributes:
         boxes: [N, 4] crop (x0, y0, x1, y1) in source pixels.
@@ -94,6 +94,17 @@ class ViewParams:
     blur: torch.Tensor
     sigma: torch.Tensor
     solarize: torch.Tensor
+
+    def map(self, fn: Any) -> ViewParams:
+        """The same parameters with ``fn`` applied to every tensor (a row slice, a move)."""
+        return ViewParams(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+    @staticmethod
+    def cat(params: list[ViewParams]) -> ViewParams:
+        """The parameters of consecutive groups of images as one."""
+        return ViewParams(
+            **{f.name: torch.cat([getattr(p, f.name) for p in params]) for f in fields(ViewParams)}
+        )
 
 
 def sample_view_params(
@@ -308,11 +319,7 @@ class FastAugment:
         try:
             params = self.sample(n * world, h, w, generator)
             if world > 1:
-                rows = slice(rank * n, (rank + 1) * n)
-                params = [
-                    ViewParams(**{f.name: getattr(p, f.name)[rows] for f in fields(p)})
-                    for p in params
-                ]
+                params = [p.map(lambda t: t[rank * n : (rank + 1) * n]) for p in params]
             x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
             return self._apply(x, params)
         finally:
@@ -451,9 +458,10 @@ def sampled_params(
             g = torch.Generator().manual_seed(seed)
             p = sample_view_params(spec, vs, n, height, width, g)
         else:  # standard on a folder: drawn per (seed, epoch, index) in the workers
-            from unigrad.data.crops import cat_params, draw_params
+            from unigrad.data.crops import draw_params
 
-            p = cat_params([draw_params(spec, seed, 0, i, height, width)[view] for i in range(n)])
+            drawn = [draw_params(spec, seed, 0, i, height, width)[view] for i in range(n)]
+            p = ViewParams.cat(drawn)
         w, h = (p.boxes[:, 2] - p.boxes[:, 0]), (p.boxes[:, 3] - p.boxes[:, 1])
         f = p.factors
         flags = {k: getattr(p, k) for k in OPS}

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import fields
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -92,18 +91,6 @@ def draw_params(
     :class:`ViewParams`, a pure function of (seed, epoch, index) and the image size."""
     g = torch.Generator().manual_seed(mix_seed(seed, epoch, index))
     return [sample_view_params(spec, v, 1, height, width, g) for v in spec.views()]
-
-
-def cat_params(params: list[ViewParams]) -> ViewParams:
-    """[1]-sized parameters of N images -> one [N]-sized :class:`ViewParams`."""
-    return ViewParams(
-        **{f.name: torch.cat([getattr(p, f.name) for p in params]) for f in fields(ViewParams)}
-    )
-
-
-def slice_params(p: ViewParams, rows: slice) -> ViewParams:
-    """The parameters of images ``rows`` of a batch."""
-    return ViewParams(**{f.name: getattr(p, f.name)[rows] for f in fields(ViewParams)})
 
 
 def cut_crops(img: Image.Image, params: list[ViewParams], sizes: list[int]) -> list[torch.Tensor]:
@@ -210,7 +197,7 @@ class Collate:
 
     def __call__(self, items: list[Item]) -> CropBatch:
         n_views = len(items[0].params)
-        params = [cat_params([it.params[v] for it in items]) for v in range(n_views)]
+        params = [ViewParams.cat([it.params[v] for it in items]) for v in range(n_views)]
         labels = torch.tensor([it.label for it in items], dtype=torch.int64)
         if items[0].crops is None:
             return CropBatch(params, labels, items=items)
@@ -221,7 +208,7 @@ class Collate:
             finish_views(
                 self.spec,
                 [c[s : s + CHUNK] for c in crops],
-                [slice_params(p, slice(s, s + CHUNK)) for p in params],
+                [p.map(lambda t, s=s: t[s : s + CHUNK]) for p in params],
                 self.channels_last,
             )
             for s in range(0, len(items), CHUNK)

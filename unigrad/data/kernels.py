@@ -141,12 +141,19 @@ def blur_kernel_size(size: int) -> int:
     return max(3, 2 * int(0.05 * size) + 1)
 
 
+def gaussian_taps(
+    sigma: torch.Tensor, kernel_size: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """[M, kernel_size] 1-D Gaussian weights (torchvision v2's), one row per sigma [M]."""
+    lim = (kernel_size - 1) / (2.0 * math.sqrt(2.0))
+    t = torch.linspace(-lim, lim, kernel_size, dtype=dtype, device=device)
+    return torch.softmax(-((t / sigma.to(device, dtype).view(-1, 1)) ** 2), dim=1)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Separable Gaussian blur, reflect padding, torchvision v2's kernel; sigma: [M]."""
     m, c, h, w = x.shape
-    lim = (kernel_size - 1) / (2.0 * math.sqrt(2.0))
-    t = torch.linspace(-lim, lim, kernel_size, dtype=x.dtype, device=x.device)
-    k = torch.softmax(-((t / sigma.to(x).view(-1, 1)) ** 2), dim=1).repeat_interleave(c, 0)
+    k = gaussian_taps(sigma, kernel_size, x.dtype, x.device).repeat_interleave(c, 0)
     pad = kernel_size // 2
     y = F.pad(x.reshape(1, m * c, h, w), (pad, pad, pad, pad), mode="reflect")
     y = F.conv2d(y, k.view(m * c, 1, 1, kernel_size), groups=m * c)
@@ -158,9 +165,7 @@ def blur_matrix(sigma: torch.Tensor, kernel_size: int, n: int) -> torch.Tensor:
     """[M, n, n] matrices B with ``x @ B`` = the 1-D Gaussian blur (sigma [M]) of rows of
     length n, reflect padding folded in (as :func:`gaussian_blur`'s pad + conv)."""
     m, pad = sigma.shape[0], kernel_size // 2
-    lim = (kernel_size - 1) / (2.0 * math.sqrt(2.0))
-    t = torch.linspace(-lim, lim, kernel_size, dtype=torch.float32, device=sigma.device)
-    k = torch.softmax(-((t / sigma.float().view(-1, 1)) ** 2), dim=1)  # [M, K]
+    k = gaussian_taps(sigma, kernel_size, torch.float32, sigma.device)  # [M, K]
     out = torch.arange(n, device=sigma.device).view(n, 1)
     src = out + torch.arange(-pad, pad + 1, device=sigma.device).view(1, -1)  # [n, K]
     src = src.abs()  # reflect at 0 (-1 -> 1) and at n - 1 (n -> n - 2)

@@ -186,24 +186,25 @@ def network_key(cfg: Any, model: torch.nn.Module, device: torch.device, batch: i
     return key
 
 
-def read_cached(key: str) -> Any:
-    """A cached measurement's verdict (:func:`amp_cache_path`), None when there is none."""
+def _cache() -> dict[str, Any]:
+    """The measurements' cache (:func:`amp_cache_path`); {} when missing or unreadable."""
     try:
         cache = json.loads(amp_cache_path().read_text())
     except (OSError, ValueError):
-        return None
-    return cache.get(key) if isinstance(cache, dict) else None
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def read_cached(key: str) -> Any:
+    """A cached measurement's verdict, None when there is none."""
+    return _cache().get(key)
 
 
 def write_cached(key: str, verdict: Any) -> None:
     """Add a verdict to the cache (atomically; a read-only cache only costs a new measurement
     next time)."""
     path = amp_cache_path()
-    try:
-        cache = json.loads(path.read_text())
-        cache = cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
-        cache = {}
+    cache = _cache()
     cache[key] = verdict
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ from unigrad.engine.profiling import NullTimer
 def mixed_views(
     views: list[torch.Tensor], gen: torch.Generator, cutmix: bool, timer: NullTimer
 ) -> tuple[list[torch.Tensor], Mix | None]:
-    """The online branch's views: CutMix of ``views`` drawn from ``gen`` (CPU), or the views."""
+    """The online branch's views: CutMix of ``views`` drawn from ``gen`` (on its device), or
+    the views."""
     if not cutmix:
         return views, None
     from unigrad.data.augment import cutmix as mix_views
