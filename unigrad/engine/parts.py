@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from unigrad.config import Config, to_dict
 from unigrad.core import dist
+from unigrad.core.hooks import StepHooks
 from unigrad.core.objective import Mix, Objective
 from unigrad.core.targets import TargetBranch, cosine_momentum
 from unigrad.data.pipeline import TrainData
@@ -57,6 +58,8 @@ class RunParts:
     probe: OnlineProbe | None = None
     #: the last step's CutMix of the online views (None: not mixed); the probe's labels follow it
     mix: Mix | None = None
+    #: actions after backward / after the optimiser step (the method's and the run's)
+    hooks: StepHooks = field(default_factory=StepHooks)
 
     def mark_nonfinite(self, loss: torch.Tensor) -> None:
         """Fold ``~isfinite(loss)`` into the device flag (no host sync)."""
