@@ -337,10 +337,12 @@ For resnet18/34/50/101 at width 1 without the CIFAR stem the .pth loads strictly
     )
 
     def run(a: argparse.Namespace) -> int:
+        from unigrad.engine.files import check_writable
         from unigrad.eval.export import export_backbone, export_safetensors
         from unigrad.models.networks import CUSTOM
 
         out = Path(a.out or Path(a.ckpt).with_suffix(".backbone.pth"))
+        check_writable(out, "--out", folder=False)
         info = export_backbone(a.ckpt, out)
         port = export_safetensors(a.ckpt, out.with_suffix(".safetensors"))
         print(f"wrote {info.path} ({info.n_tensors} tensors)")

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from unigrad.engine.files import atomic_write
 from unigrad.errors import UserError
 
 FORMAT = "unigrad"
@@ -62,22 +63,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_previous: bool = True) -> Path:
-    """Atomically write ``payload`` (tensors and plain types only) to ``path``."""
+def save_checkpoint(
+    payload: dict[str, Any],
+    path: str | Path,
+    keep_previous: bool = True,
+    fix: str = "write the checkpoint again",
+) -> Path:
+    """Atomically write ``payload`` (tensors and plain types only) to ``path``.
+
+    A write that fails (a full disk, a read-only location) removes its temporary file and
+    raises a UserError naming ``path``, the space needed and ``fix``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     body = {k: v for k, v in payload.items() if k not in ("format", "version", "crc32")}
     record = {"format": FORMAT, "version": VERSION, "crc32": _crc(body), **body}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     buf = io.BytesIO()
     torch.save(record, buf)
-    with open(tmp, "wb") as f:
-        f.write(buf.getbuffer())
-        f.flush()
-        os.fsync(f.fileno())
-    if keep_previous and path.exists():
-        os.replace(path, previous_path(path))
-    os.replace(tmp, path)
+    previous = previous_path(path) if keep_previous else None
+    atomic_write(path, buf.getbuffer(), fix, keep_previous=previous)
     _fsync_dir(path.parent)
     return path
 

@@ -34,6 +34,7 @@ from unigrad.engine import checkpoint as ckpt
 from unigrad.engine.callbacks import Callback, Interrupted, default_callbacks
 from unigrad.engine.compiled import choose_step
 from unigrad.engine.device import select_device
+from unigrad.engine.files import check_writable, writing
 from unigrad.engine.loop import run_loop
 from unigrad.engine.parts import RunParts, build_parts
 from unigrad.engine.profiling import NullTimer
@@ -120,6 +121,7 @@ class Trainer:
         self.extra_callbacks = list(callbacks)
         with dist.agreed_errors():  # one rank's refusal stops all, before DDP's collectives
             if dist.is_main():
+                check_writable(self.out, "--out", folder=True)
                 refuse_if_locked(self.out)  # before any work; fit() takes the lock
             self.device = select_device(cfg.device)
             run_data = build_train_data(cfg, self.device, train_data, val_data)
@@ -152,13 +154,14 @@ class Trainer:
         return path
 
     def _open_run(self) -> None:
-        self._lock, self.log = open_run(
-            self.out,
-            self.cfg,
-            resumed=self.resumed_from is not None,
-            step=self.step,
-            skipped=self.data.skipped,
-        )
+        with writing(self.out, "choose another --out"):
+            self._lock, self.log = open_run(
+                self.out,
+                self.cfg,
+                resumed=self.resumed_from is not None,
+                step=self.step,
+                skipped=self.data.skipped,
+            )
 
     def close(self) -> None:
         """Close the run log and release the run directory's lock (also released when the
@@ -193,8 +196,7 @@ class Trainer:
             self.diverged("weights, optimiser or objective state", "")
         with dist.agreed_errors():  # also the barrier: every rank may read it from here on
             if dist.is_main():
-                self.out.mkdir(parents=True, exist_ok=True)
-                ckpt.save_checkpoint(state, path)
+                ckpt.save_checkpoint(state, path, fix=f"continue with --out {self.out} --resume")
         return path
 
     def diverged(self, what: str, within: str) -> None:

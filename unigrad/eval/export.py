@@ -18,12 +18,11 @@ passed in (``model=``).
 
 from __future__ import annotations
 
+import io
 import json
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 import torchvision
@@ -31,10 +30,13 @@ from torch import nn
 
 from unigrad.data.datasets import MEAN, STD
 from unigrad.engine.checkpoint import load_checkpoint
+from unigrad.engine.files import atomic_write
 from unigrad.errors import UserError
 from unigrad.eval.features import _state_diff, backbone_from_checkpoint, checkpoint_config
 from unigrad.models.networks import CUSTOM, RESNETS, make_backbone
 
+#: The fix named when an export cannot be written.
+WRITE_FIX = "choose another --out"
 #: Version of the description's layout (``format_version``).
 FORMAT_VERSION = 1
 #: The description's keys: ``format`` ("unigrad-backbone"), ``format_version``,
@@ -93,23 +95,11 @@ def torchvision_match(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> st
     return name if same else None
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """``write(file)`` to a temporary file beside ``path``, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
     """``torch.save`` to ``path`` atomically."""
-    _atomic_write(path, lambda f: torch.save(state, f))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getbuffer(), WRITE_FIX)
 
 
 def backbone_weights(
@@ -181,9 +171,9 @@ def export_safetensors(ckpt_path: str | Path, out: str | Path) -> ExportInfo:
     if out.suffix != ".safetensors":  # "backbone" -> backbone.safetensors + backbone.json
         out = out.with_name(out.name + ".safetensors")
     blob = save(state, metadata={"format": "pt", METADATA_KEY: json.dumps(desc)})
-    _atomic_write(out, lambda f: f.write(blob))
+    atomic_write(out, blob, WRITE_FIX)
     text = json.dumps(desc, indent=2) + "\n"
-    _atomic_write(out.with_suffix(".json"), lambda f: f.write(text.encode()))
+    atomic_write(out.with_suffix(".json"), text.encode(), WRITE_FIX)
     return ExportInfo(out, len(state), desc["torchvision_model"], cfg, desc)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from unigrad.engine.files import check_writable, writing
 from unigrad.errors import UserError
 from unigrad.eval.diagnostics import SPECTRUM_FILE, read_spectrum
 
@@ -287,6 +288,14 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> P
     runs = [load_run(p) for p in run_dirs]
     _unique_labels(runs)
     out = Path(out) if out is not None else Path(run_dirs[0]) / "report"
+    check_writable(out, "--out", folder=True)
+    with writing(out, "choose another --out"):
+        path = _write(runs, out)
+    return path
+
+
+def _write(runs: list[Run], out: Path) -> Path:
+    """report.md and its figures in ``out``; returns the path of report.md."""
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = [
         f"{r.label}: skipped {r.bad_rows} unreadable rows of {METRICS_FILE}"
