@@ -86,14 +86,11 @@ class Session:
     def splits(self, train_transform: Any = None) -> tuple[Any, Any, int]:
         """(train set, eval set, number of classes) as evaluation views; ``train_transform``
         replaces the train set's."""
+        from unigrad.data.evaluation import check_same_classes
+
         train, test = self.eval.datasets(train_transform)
         a, b = getattr(train, "classes", None), getattr(test, "classes", None)
-        if a is not None and b is not None and list(a) != list(b):
-            raise UserError(
-                f"the {self.args.train_split} and {self.args.split} splits have different "
-                f"classes ({len(a)} vs {len(b)}: {sorted(set(a) ^ set(b))[:5]}); "
-                "their class folders must match"
-            )
+        check_same_classes(a, b, self.args.train_split, self.args.split)
         if a is not None and len(a) < 2:
             raise UserError(
                 f"the {self.args.train_split} split has {len(a)} class ({', '.join(a)}); "

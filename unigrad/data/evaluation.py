@@ -29,6 +29,7 @@ from unigrad.core import dist
 from unigrad.data.datasets import MEAN, STD
 from unigrad.data.inmemory import Uint8Split
 from unigrad.data.sources import Source
+from unigrad.errors import UserError
 
 #: Up to this side the view is a plain resize, which in-memory splits take as whole tensors.
 PLAIN_RESIZE_MAX = 64
@@ -57,6 +58,30 @@ def normalize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def _first(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
+
+
+def check_same_classes(
+    train: list[str] | None, held: list[str] | None, train_split: str, eval_split: str
+) -> None:
+    """Refuse two splits whose class lists differ: an ImageFolder numbers its own sorted class
+    folders, so one folder missing or added shifts every label after it. A list that is None
+    or empty (the source names no classes) is not checked."""
+    if not train or not held or list(train) == list(held):
+        return
+    missing = sorted(set(train) - set(held))
+    extra = sorted(set(held) - set(train))
+    parts = [f"missing from {eval_split}: {_first(missing)}"] if missing else []
+    parts += [f"only in {eval_split}: {_first(extra)}"] if extra else []
+    what = "; ".join(parts) or "the same names in another order"
+    raise UserError(
+        f"the {train_split} and {eval_split} splits have different classes ({len(train)} vs "
+        f"{len(held)}; {what}), so their labels would not match; give both splits the same "
+        "class folders"
+    )
 
 
 def fixed_subset(ds: Dataset, limit: int) -> Dataset:

@@ -38,7 +38,7 @@ from unigrad.config import Config
 from unigrad.core import dist
 from unigrad.data import augment, crops, inmemory
 from unigrad.data import datasets as data
-from unigrad.data.evaluation import EvalData
+from unigrad.data.evaluation import EvalData, check_same_classes
 from unigrad.data.sources import Source, source_from_config
 from unigrad.data.user_data import DatasetSource
 from unigrad.engine.run_config import compile_backend
@@ -386,6 +386,7 @@ def data_from_source(
         classes = getattr(base, "classes", None)
     evaluation = None
     if source.has_split(eval_split):
+        check_same_classes(classes, source.classes(eval_split), train_split, eval_split)
         train.num_classes = len(classes) if classes else None  # the online probe's
         splits = {"train_split": train_split, "eval_split": eval_split}
         cuda = device.type == "cuda"

@@ -1,0 +1,48 @@
+"""Issue 45, items 1-5: what gave silent wrong numbers (classes of the splits, --max-steps and
+--resume, mixed image sizes, 16-bit PNGs) and the CPU segfault at width 0.125."""
+
+import shutil
+
+import pytest
+import yaml
+from conftest import TINY, make_image_folder
+
+from unigrad.cli import main
+
+
+def _tiny_config(tmp_path, **over):
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump({**TINY, "max_steps": 2, **over}))
+    return str(cfg_file)
+
+
+@pytest.fixture
+def val_lacks_a_class(tmp_path):
+    root = make_image_folder(tmp_path / "data", classes=3, per_class=6)
+    shutil.rmtree(root / "val" / "c1")
+    return root
+
+
+# --- item 1: train and eval classes --------------------------------------------------------
+
+
+def test_pretrain_refuses_splits_with_different_classes(tmp_path, val_lacks_a_class, capsys):
+    cfg = _tiny_config(tmp_path)
+    args = ["--config", cfg, "--data", str(val_lacks_a_class), "--quiet"]
+    code = main(["pretrain", *args, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "missing from val: c1" in err and "same class folders" in err
+    assert not (tmp_path / "run" / "last.ckpt").exists()  # refused before training
+
+
+def test_compare_refuses_splits_with_different_classes(tmp_path, val_lacks_a_class, capsys):
+    (val_lacks_a_class / "val" / "c9").mkdir()  # and one class only val has
+    shutil.copy(val_lacks_a_class / "val" / "c0" / "0.png", val_lacks_a_class / "val" / "c9")
+    grid = {"name": "g", "base": {**TINY, "max_steps": 2}, "runs": [{"name": "u"}]}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
+    args = ["--grid", str(tmp_path / "g.yaml"), "--data", str(val_lacks_a_class), "--quiet"]
+    code = main(["compare", *args, "--out", str(tmp_path / "grid")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "missing from val: c1; only in val: c9" in err
