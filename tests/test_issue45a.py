@@ -46,3 +46,26 @@ def test_compare_refuses_splits_with_different_classes(tmp_path, val_lacks_a_cla
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "missing from val: c1; only in val: c9" in err
+
+
+# --- item 5: 16-bit PNGs --------------------------------------------------------------------
+
+
+def test_16_bit_png_keeps_its_grey_levels_in_both_pipelines(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from unigrad.data.sources import FolderSource
+
+    levels = np.array([[0, 1, 64, 100], [128, 200, 254, 255]], dtype=np.uint16).repeat(2, 0)
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        (root / "train" / c).mkdir(parents=True)
+        Image.fromarray(levels * 257).save(root / "train" / c / "grey16.png")  # 0..65535
+    assert Image.open(root / "train" / "a" / "grey16.png").mode.startswith("I;16")
+    source = FolderSource(str(root))
+    standard = np.asarray(source.open("train")[0][0])  # the PIL path: [H, W, 3]
+    fast = source.load_uint8("train").images[0].permute(1, 2, 0).numpy()  # the in-memory path
+    for rgb in (standard, fast):
+        assert rgb.shape == (*levels.shape, 3)
+        assert (rgb == levels[..., None]).all(), rgb[..., 0]

@@ -1,8 +1,9 @@
 """Image folders and samplers: ImageFolder splits (``DIR/train``, ``DIR/val``, ``DIR/test``).
 
-Every image is converted to RGB (grayscale, palette and RGBA inputs work). Unreadable images
-(truncated or corrupt files) are found when they are decoded: with ``bad_images="skip"`` they are
-skipped with a warning and counted (``n_skipped``), with ``bad_images="fail"`` they stop the run
+Every image is converted to RGB (grayscale, palette and RGBA inputs work; 16-bit greys are
+scaled to 8 bits). Unreadable images (truncated or corrupt files) are found when they are
+decoded: with ``bad_images="skip"`` they are skipped with a warning and counted
+(``n_skipped``), with ``bad_images="fail"`` they stop the run
 with a :class:`~unigrad.errors.UserError` naming the file.
 
 Where a run's images come from (a folder, a torchvision set, ...) is a
@@ -38,7 +39,15 @@ LAYOUT = "--data DIR with ImageFolder splits (DIR/train/<class>/*.jpg, optional 
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    return img if img.mode == "RGB" else img.convert("RGBA").convert("RGB")
+    """Any PIL image as RGB. Integer greys (``I;16*``: 16-bit PNG and TIFF; ``I``, what older
+    Pillow opens them as) are scaled from 16 to 8 bits (v / 257: 65535 -> 255), which Pillow's
+    own conversion would clip at 255 (a white image)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I"):
+        grey = np.clip(np.asarray(img, dtype=np.float64) / 257, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return img.convert("RGBA").convert("RGB")
 
 
 def load_rgb(path: str) -> Image.Image:
