@@ -3,7 +3,7 @@ method x form x variant: run before and after a refactor on the same host, the t
 identical (``diff``). Host-specific (CPU kernels), so the file is not committed; the float64
 cross-host guard is ``tests/test_golden.py``.
 
-    python bench/golden_trainer.py OUT.json
+    python bench/golden_trainer.py OUT.json [NAME ...]   # NAME: only the configs it names
 """
 
 from __future__ import annotations
@@ -29,9 +29,13 @@ def configs():
         "unigrad-multicrop-cutmix",
         {"method": "unigrad", "multi_crop": "2x16,2x8", "cutmix": True},
     )
+    yield "byol-lars", {"method": "byol", "optimizer": "lars", "base_lr_bias": 0.02}
+    yield "simclr-lars", {"method": "simclr", "optimizer": "lars", "weight_decay": 1e-3}
+    yield "byol-adamw-wd", {"method": "byol", "optimizer": "adamw", "base_lr": 1e-3,
+                            "weight_decay": 0.04, "weight_decay_end": 0.4}  # fmt: skip
 
 
-def main(out: str) -> None:
+def main(out: str, only: list[str]) -> None:
     from unigrad.engine.trainer import Trainer
 
     torch.set_num_threads(1)
@@ -39,6 +43,8 @@ def main(out: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_image_folder(Path(tmp) / "data")
         for name, over in configs():
+            if only and name not in only:
+                continue
             cfg = build_config(
                 TINY,
                 {
@@ -68,4 +74,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

@@ -1,5 +1,6 @@
-"""Schedules and optimiser parameter groups."""
+"""Schedules, optimisers (SGD, LARS, AdamW) and their parameter groups."""
 
+import itertools
 import math
 
 import pytest
@@ -7,7 +8,16 @@ import torch
 from timm.optim import Lars
 from torch import nn
 
-from unigrad.engine.optim import build_optimizer, lr_schedule, set_lr
+from unigrad.config import build_config, parse_set
+from unigrad.engine.optim import (
+    OPTIMIZERS,
+    build_optimizer,
+    lr_schedule,
+    schedule_tensors,
+    set_lr,
+    wd_schedule,
+)
+from unigrad.errors import UserError
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -53,3 +63,112 @@ def test_predictor_lr_scale_multiplies_only_the_predictor():
     )
     set_lr(opt, 0.01, peak=0.1)
     assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([0.01, 0.2])
+
+
+def _decayed(opt) -> dict[int, float]:
+    """id(parameter) -> its group's weight decay."""
+    return {id(p): float(g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_norms_and_biases_have_no_weight_decay_in_every_optimizer(name):
+    model = _model()
+    temperature = nn.ParameterList([nn.Parameter(torch.ones(()))])  # a term's learned part
+    for rule in (False, None if name != "sgd" else False):  # None: lars and adamw's recipe
+        opt = build_optimizer(
+            model, name, lr=0.1, weight_decay=0.05, objective=temperature, norm_bias_decay=rule
+        )
+        wd = _decayed(opt)
+        for p in model.parameters():
+            assert wd[id(p)] == (0.0 if p.ndim == 1 else 0.05), (name, p.shape)
+        assert wd[id(temperature[0])] == 0.0
+
+
+def test_sgd_keeps_decaying_norms_and_biases_unless_told():
+    """SimSiam's and UniGrad's recipe (existing runs unchanged); the rule is one switch."""
+    assert set(_decayed(build_optimizer(_model(), "sgd", 0.1, 0.05)).values()) == {0.05}
+    opt = build_optimizer(_model(), "lars", 0.1, 0.05, norm_bias_decay=True)
+    assert set(_decayed(opt).values()) == {0.05}
+
+
+def _step(model: nn.Module, x: torch.Tensor) -> None:
+    model.zero_grad()
+    model(x).square().mean().backward()
+
+
+def test_adamw_step_equals_torch_adamw_on_the_same_parameters():
+    torch.manual_seed(0)
+    ours, ref = _model()["encoder"], _model()["encoder"]
+    ref.load_state_dict(ours.state_dict())
+    opt = build_optimizer(ours, "adamw", lr=0.01, weight_decay=0.05)
+    assert isinstance(opt, torch.optim.AdamW)
+    weights = [p for p in ref.parameters() if p.ndim > 1]
+    rest = [p for p in ref.parameters() if p.ndim <= 1]
+    torch_opt = torch.optim.AdamW(
+        [{"params": weights}, {"params": rest, "weight_decay": 0.0}], lr=0.01, weight_decay=0.05
+    )
+    lrs, wds = lr_schedule(0.01, 4, 1).tolist(), wd_schedule(0.05, 0.5, 4)
+    for t in range(4):
+        x = torch.randn(8, 3)
+        _step(ours, x)
+        _step(ref, x)
+        set_lr(opt, lrs[t], peak=0.01, wd=wds[t])
+        for g in torch_opt.param_groups:
+            g["lr"] = lrs[t]
+        torch_opt.param_groups[0]["weight_decay"] = wds[t]
+        opt.step()
+        torch_opt.step()
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(ours[0].weight, _model()["encoder"][0].weight)
+
+
+def test_weight_decay_schedule_is_dinos_cosine():
+    wd = wd_schedule(0.04, 0.4, 11)
+    dino = [0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * i / 10)) for i in range(11)]
+    assert wd == pytest.approx(dino, abs=1e-12)
+    assert wd[0] == pytest.approx(0.04) and wd[-1] == pytest.approx(0.4)
+    assert all(a < b for a, b in itertools.pairwise(wd))
+    assert wd_schedule(0.04, None, 11) is None and wd_schedule(0.04, 0.04, 11) is None
+
+
+def test_scheduled_weight_decay_reaches_only_the_groups_that_decay():
+    opt = build_optimizer(_model(), "sgd", lr=0.1, weight_decay=0.05, norm_bias_decay=False)
+    set_lr(opt, 0.1, peak=0.1, wd=0.3)
+    assert sorted(float(g["weight_decay"]) for g in opt.param_groups) == [0.0, 0.3]
+    schedule_tensors(opt, torch.device("cpu"), wd=True)  # compile: step fills tensors
+    set_lr(opt, 0.1, peak=0.1, wd=0.2)
+    held = [g["weight_decay"] for g in opt.param_groups]
+    assert sorted(float(w) for w in held) == [0.0, pytest.approx(0.2)]
+    assert any(isinstance(w, torch.Tensor) for w in held)
+
+
+def test_a_checkpoint_without_wd_scale_decays_where_it_did():
+    opt = build_optimizer(_model(), "lars", lr=0.1, weight_decay=0.05)
+    for g in opt.param_groups:
+        del g["wd_scale"]  # as saved before the schedule existed
+    set_lr(opt, 0.1, peak=0.1, wd=0.01)
+    set_lr(opt, 0.1, peak=0.1, wd=0.0)  # a schedule may reach 0: the scale stays fixed
+    set_lr(opt, 0.1, peak=0.1, wd=0.02)
+    assert sorted(float(g["weight_decay"]) for g in opt.param_groups) == [0.0, 0.02]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("optimizer", "adam", "optimizer must be sgd, lars or adamw"),
+        ("weight_decay_end", "-1", "weight_decay_end must be >= 0"),
+        ("clip_grad", "-0.5", "clip_grad must be >= 0"),
+    ],
+)
+def test_bad_optimiser_settings_are_refused_in_one_line(key, value, says):
+    with pytest.raises(UserError, match=says):
+        build_config(parse_set([f"{key}={value}"]))
+
+
+def test_new_optimiser_keys_are_set_with_set():
+    sets = ["optimizer=adamw", "weight_decay_end=0.4", "clip_grad=3", "norm_bias_decay=false"]
+    cfg = build_config(parse_set(sets))
+    assert (cfg.optimizer, cfg.weight_decay_end, cfg.clip_grad) == ("adamw", 0.4, 3.0)
+    assert cfg.norm_bias_decay is False
+    assert build_config({}).norm_bias_decay is None  # an existing run's config: its recipe

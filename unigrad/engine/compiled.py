@@ -12,9 +12,9 @@ are drawn before region 1 and enter as tensors), ``zero_grad``, the float16 loss
 overflow check reads the host), the snapshot target's copy every k steps, and the bank's enqueue
 (:meth:`~unigrad.core.objective.Objective.after_step`, one ``index_copy_``). The schedules enter
 as 0-d tensors filled before each step (a kernel argument, not a host read), so one graph serves
-every step: the learning rate of each parameter group, the EMA weight ``1 - m`` and the step
-index the objective's terms see (no int enters a graph: CUDA graphs record one graph per
-distinct int input).
+every step: the learning rate (and a scheduled weight decay) of each parameter group, the EMA
+weight ``1 - m`` and the step index the objective's terms see (no int enters a graph: CUDA
+graphs record one graph per distinct int input).
 
 On CUDA the regions run as CUDA graphs (``mode="reduce-overhead"``): each step begins a new
 generation of their memory pool, and the statistics are copied out of it (a replay overwrites
@@ -38,7 +38,7 @@ from unigrad.config import save_config
 from unigrad.core import dist
 from unigrad.core.objective import Mix
 from unigrad.engine.device import network_key, read_cached, write_cached
-from unigrad.engine.optim import set_lr
+from unigrad.engine.optim import schedule_tensors, set_lr
 from unigrad.engine.parts import RunParts
 from unigrad.engine.profiling import NullTimer
 from unigrad.engine.run_config import compile_backend
@@ -130,10 +130,10 @@ class CompiledStep:
         p = self.parts
         timer = timer or NullTimer()
         if not self._lr_tensors:  # the schedules as 0-d tensors: one graph for every step
-            for g in p.optimizer.param_groups:
-                g["lr"] = torch.zeros((), dtype=torch.float32, device=self.device)
+            schedule_tensors(p.optimizer, self.device, wd=p.wd is not None)
             self._lr_tensors = True
-        set_lr(p.optimizer, p.lr[step], p.peak_lr)  # fills the 0-d tensors
+        wd = p.wd[step] if p.wd is not None else None
+        set_lr(p.optimizer, p.lr[step], p.peak_lr, wd)  # fills the 0-d tensors
         self.ema_weight.fill_(1.0 - p.momentum[step])
         self.step_index.fill_(step)
         online_views, mix = mixed_views(views, gen, cutmix, timer)

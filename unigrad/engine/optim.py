@@ -1,8 +1,12 @@
 """Optimisers and per-step schedules (precomputed arrays: trivially checkpointed and plotted).
 
-SGD (paper's 100-epoch recipe) and LARS (800-epoch recipe; timm's maintained implementation).
-With LARS, biases and normalisation parameters are excluded from the trust-ratio adaptation and
-from weight decay (a param group with weight_decay 0 is not adapted by timm's Lars).
+SGD (paper's 100-epoch recipe), LARS (800-epoch recipe; timm's maintained implementation) and
+AdamW (torch's; what ViT recipes such as DINO's use). One rule for every optimiser decides which
+parameters get weight decay: the 1-d ones (biases, norms' scales and shifts) get none unless
+``norm_bias_decay`` (by default they do with SGD, as SimSiam and UniGrad train, and not with
+LARS or AdamW); with LARS they are not adapted by the trust ratio either (a param group with
+weight_decay 0 is not adapted by timm's Lars). The weight decay may follow DINO's cosine
+schedule (``weight_decay`` -> ``weight_decay_end``), set each step with the learning rate.
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ import torch
 from torch import nn
 
 from unigrad.core.section import Section, setting
+from unigrad.core.targets import cosine_momentum
 from unigrad.errors import UserError, optional
+
+#: ``optimizer`` values.
+OPTIMIZERS = ("sgd", "lars", "adamw")
 
 
 def lr_schedule(
@@ -33,40 +41,66 @@ def lr_schedule(
     return torch.where(t < warmup_steps, warm, cos)
 
 
-def is_bias_or_norm(name: str, p: nn.Parameter) -> bool:
-    return p.ndim <= 1 or name.endswith(".bias")
+def wd_schedule(start: float, end: float | None, total_steps: int) -> list[float] | None:
+    """DINO's weight-decay schedule: cosine from ``start`` (step 0) to ``end`` (last step), one
+    Python float per step; None (the optimiser keeps ``start``) when ``end`` is None or equal.
+
+    w_t = end - (end - start) * (cos(pi * t / T) + 1) / 2, T = steps - 1 (the EMA momentum's
+    cosine, :func:`unigrad.core.targets.cosine_momentum`).
+    """
+    if end is None or end == start:
+        return None
+    return cosine_momentum(start, end, total_steps).tolist()
+
+
+def is_norm_or_bias(p: torch.Tensor) -> bool:
+    """The rule for what is a bias or a normalisation parameter: a 1-d (or 0-d) parameter."""
+    return p.ndim <= 1
+
+
+def default_norm_bias_decay(optimizer: str) -> bool:
+    """Whether ``optimizer`` decays 1-d parameters when ``norm_bias_decay`` is not set: SGD
+    does (SimSiam's and UniGrad's recipe), LARS and AdamW do not (BYOL's, DINO's)."""
+    return optimizer == "sgd"
 
 
 def param_groups(
     model: nn.Module,
     weight_decay: float,
-    exclude_bias_norm: bool,
+    norm_bias_decay: bool,
     bias_lr_scale: float = 1.0,
     predictor_prefix: str = "predictor.",
     predictor_fixed_lr: bool = False,
     predictor_lr_scale: float = 1.0,
 ) -> list[dict]:
-    """Split parameters into groups carrying ``lr_scale`` and ``fixed_lr`` flags.
+    """Split parameters into groups carrying ``lr_scale``, ``wd_scale`` and ``fixed_lr`` flags.
 
     Args:
-        exclude_bias_norm: biases and norm weights get weight_decay 0 (and no LARS adaptation)
-            and learning rate ``base_lr_bias`` (``bias_lr_scale`` times the weights' lr).
+        norm_bias_decay: whether 1-d parameters (:func:`is_norm_or_bias`) get weight decay;
+            without it their group has weight_decay 0 (and no LARS adaptation).
+        bias_lr_scale: the 1-d parameters' lr over the weights' (``base_lr_bias / base_lr``).
         predictor_prefix: names of the predictor's parameters start with it; they keep the
             peak lr if ``predictor_fixed_lr`` (SimSiam) and their lr is multiplied by
             ``predictor_lr_scale`` (a larger predictor lr, as BYOL/SimSiam recipes often need).
+
+    A group's ``wd_scale`` (1 or 0) multiplies the weight decay of a schedule (:func:`set_lr`).
+    1-d parameters have a group of their own only where it differs from the weights' one.
     """
     separate = predictor_fixed_lr or predictor_lr_scale != 1.0
+    split_1d = not norm_bias_decay or bias_lr_scale != 1.0
     groups: dict[tuple[bool, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        special = exclude_bias_norm and is_bias_or_norm(name, p)
+        special = split_1d and is_norm_or_bias(p)
         pred = separate and name.startswith(predictor_prefix)
+        decay = norm_bias_decay or not special
         g = groups.setdefault(
             (special, pred),
             {
                 "params": [],
-                "weight_decay": 0.0 if special else weight_decay,
+                "weight_decay": weight_decay if decay else 0.0,
+                "wd_scale": 1.0 if decay else 0.0,
                 "lr_scale": (bias_lr_scale if special else 1.0)
                 * (predictor_lr_scale if pred else 1.0),
                 "fixed_lr": pred and predictor_fixed_lr,
@@ -87,17 +121,23 @@ def build_optimizer(
     predictor_lr_scale: float = 1.0,
     predictor_prefix: str = "predictor.",
     objective: nn.Module | None = None,
+    norm_bias_decay: bool | None = None,
 ) -> torch.optim.Optimizer:
-    """``sgd`` (weight decay on every parameter, as SimSiam/UniGrad) or ``lars``.
+    """``sgd``, ``lars`` (timm's) or ``adamw`` (torch's, default betas) over ``model``.
 
+    ``norm_bias_decay``: weight decay on 1-d parameters; None: the optimiser's recipe
+    (:func:`default_norm_bias_decay`). ``momentum``: SGD's and LARS's (AdamW has its betas).
     ``objective``: its learnable parameters (a term's learned temperature or prototypes) train
     too, in a group of their own without weight decay (and without LARS adaptation).
     """
-    lars = name == "lars"
+    if name not in OPTIMIZERS:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    if norm_bias_decay is None:
+        norm_bias_decay = default_norm_bias_decay(name)
     groups = param_groups(
         model,
         weight_decay,
-        lars,
+        norm_bias_decay,
         bias_lr_scale,
         predictor_prefix,
         predictor_fixed_lr,
@@ -105,22 +145,52 @@ def build_optimizer(
     )
     extra = [p for p in (objective.parameters() if objective else []) if p.requires_grad]
     if extra:
-        groups.append({"params": extra, "weight_decay": 0.0, "lr_scale": 1.0, "fixed_lr": False})
-    if lars:
+        groups.append(
+            {"params": extra, "weight_decay": 0.0, "wd_scale": 0.0, "lr_scale": 1.0,
+             "fixed_lr": False}
+        )  # fmt: skip
+    if name == "lars":
         lars_cls = optional("timm.optim", "timm", "optimizer: lars").Lars
         return lars_cls(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float, peak: float) -> None:
-    """Apply this step's lr; ``fixed_lr`` groups stay at the peak. A group whose lr is a 0-d
-    tensor (``compile: step``) has it filled in place (a kernel argument, no host read)."""
+def wd_scale(group: dict) -> float:
+    """A group's ``wd_scale``; a group of a checkpoint written before it existed decays when
+    its weight decay was not 0 (fixed at the first call)."""
+    return group.setdefault("wd_scale", 1.0 if float(group["weight_decay"]) else 0.0)
+
+
+def set_lr(
+    optimizer: torch.optim.Optimizer, lr: float, peak: float, wd: float | None = None
+) -> None:
+    """Apply this step's lr and, with a weight-decay schedule, its weight decay ``wd``
+    (times each group's ``wd_scale``); ``fixed_lr`` groups stay at the peak lr. A value held
+    as a 0-d tensor (``compile: step``, :func:`schedule_tensors`) is filled in place (a kernel
+    argument, no host read)."""
     for g in optimizer.param_groups:
-        value = (peak if g.get("fixed_lr") else lr) * g.get("lr_scale", 1.0)
-        if isinstance(g["lr"], torch.Tensor):
-            g["lr"].fill_(value)
-        else:
-            g["lr"] = value
+        _fill(g, "lr", (peak if g.get("fixed_lr") else lr) * g.get("lr_scale", 1.0))
+        if wd is not None:
+            _fill(g, "weight_decay", wd * wd_scale(g))
+
+
+def _fill(group: dict, key: str, value: float) -> None:
+    if isinstance(group[key], torch.Tensor):
+        group[key].fill_(value)
+    else:
+        group[key] = value
+
+
+def schedule_tensors(optimizer: torch.optim.Optimizer, device: torch.device, wd: bool) -> None:
+    """Hold every group's lr (and, with a weight-decay schedule ``wd``, the weight decay of the
+    groups that decay) as a 0-d float32 tensor on ``device``, so that one compiled graph serves
+    every step (:func:`set_lr` fills them)."""
+    for g in optimizer.param_groups:
+        g["lr"] = torch.zeros((), dtype=torch.float32, device=device)
+        if wd and wd_scale(g):
+            g["weight_decay"] = torch.zeros((), dtype=torch.float32, device=device)
 
 
 #: Warm-up when none is set; shortened to half the run for runs shorter than twice this.
@@ -141,10 +211,25 @@ class OptimConfig(Section):
     epochs: int = setting(100, "epochs to train")
     max_steps: int | None = setting(None, "stop early (smoke tests, benchmarks)")
     batch_size: int = setting(256, "global batch (split over ranks)", "arch")
-    optimizer: str = setting("sgd", "sgd | lars")
+    optimizer: str = setting("sgd", "sgd | lars | adamw (torch's AdamW, default betas)")
     base_lr: float = setting(0.05, "lr = base_lr * batch_size / 256")
-    base_lr_bias: float | None = setting(None, "LARS recipe: biases and norms (None: base_lr)")
-    weight_decay: float = setting(1e-4, "weight decay (not on biases and norms with LARS)")
+    base_lr_bias: float | None = setting(
+        None, "base lr of 1-d parameters (biases, norms), as LARS recipes; None: base_lr"
+    )
+    weight_decay: float = setting(
+        1e-4, "weight decay (at step 0 with weight_decay_end); 1-d parameters: norm_bias_decay"
+    )
+    weight_decay_end: float | None = setting(
+        None, "cosine weight-decay schedule (DINO's) from weight_decay at step 0 to this at the "
+        "last step; None: weight_decay throughout"
+    )  # fmt: skip
+    norm_bias_decay: bool | None = setting(
+        None, "weight decay on 1-d parameters (biases, norms); None: the optimiser's recipe "
+        "(sgd: yes, as SimSiam and UniGrad; lars, adamw: no)"
+    )  # fmt: skip
+    clip_grad: float = setting(
+        0.0, "clip the gradients' global l2 norm to this after backward (0: off)"
+    )
     sgd_momentum: float = setting(0.9, "SGD / LARS momentum")
     warmup_epochs: float | None = setting(None, "None: 5, or half the run when that is shorter")
     min_lr_ratio: float = setting(1e-3, "final lr / peak lr of the cosine schedule")
@@ -167,14 +252,23 @@ class OptimConfig(Section):
             raise UserError("epochs must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError("max_steps must be >= 1")
-        if self.optimizer not in ("sgd", "lars"):
-            raise UserError("optimizer must be sgd or lars")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(
+                f"optimizer must be {', '.join(OPTIMIZERS[:-1])} or {OPTIMIZERS[-1]}, "
+                f"got {self.optimizer!r}"
+            )
         if self.base_lr <= 0:
             raise UserError("base_lr must be > 0")
         if self.predictor_lr_scale <= 0:
             raise UserError("predictor_lr_scale must be > 0")
         if self.weight_decay < 0:
             raise UserError("weight_decay must be >= 0")
+        if self.weight_decay_end is not None and self.weight_decay_end < 0:
+            raise UserError(
+                f"weight_decay_end must be >= 0 (None: no schedule), got {self.weight_decay_end}"
+            )
+        if self.clip_grad < 0:
+            raise UserError(f"clip_grad must be >= 0 (0: off), got {self.clip_grad}")
         w = self.warmup_epochs
         if w is not None and w < 0:
             raise UserError(f"warmup_epochs must be >= 0, got {w}")

@@ -23,7 +23,7 @@ from unigrad.core.objective import Mix, Objective
 from unigrad.core.targets import TargetBranch, cosine_momentum
 from unigrad.data.pipeline import TrainData
 from unigrad.engine.device import resolve_amp
-from unigrad.engine.optim import build_optimizer, lr_schedule
+from unigrad.engine.optim import build_optimizer, lr_schedule, wd_schedule
 from unigrad.eval.online_probe import OnlineProbe, backbone_width
 from unigrad.methods import get_method
 from unigrad.models.networks import SiameseModel, model_from_config
@@ -36,8 +36,9 @@ class RunParts:
     ``model``: the online network (backbone, projector, predictor); ``net``: the module the step
     calls (``model``, wrapped in DDP; compiled by ``compile: model``,
     :func:`unigrad.engine.compiled.choose_step`); ``target``: the target branch;
-    ``objective``: the loss with its sample-set state; ``lr`` / ``momentum``: the schedules,
-    one Python float per step (read by the step without touching a device); ``amp``: the
+    ``objective``: the loss with its sample-set state; ``lr`` / ``momentum`` / ``wd``: the
+    schedules, one Python float per step (read by the step without touching a device; ``wd``
+    None: the weight decay is constant); ``amp``: the
     autocast dtype or None (fp32). ``nonfinite``: a device flag, set by the step when a loss is
     not finite and read only at log boundaries and before checkpoint writes
     (:meth:`take_nonfinite`), so the step never waits on the host. ``probe``: the online linear
@@ -60,6 +61,8 @@ class RunParts:
     mix: Mix | None = None
     #: actions after backward / after the optimiser step (the method's and the run's)
     hooks: StepHooks = field(default_factory=StepHooks)
+    #: the weight decay per step (DINO's cosine), or None: constant (set where ``lr`` is set)
+    wd: list[float] | None = None
 
     def mark_nonfinite(self, loss: torch.Tensor) -> None:
         """Fold ``~isfinite(loss)`` into the device flag (no host sync)."""
@@ -167,6 +170,7 @@ def build_parts(
         predictor_fixed_lr=fixed,
         predictor_lr_scale=cfg.predictor_lr_scale,
         objective=objective,
+        norm_bias_decay=cfg.norm_bias_decay,
     )
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)  # resolved by the config
     lr = lr_schedule(peak_lr, total_steps, warmup_steps, cfg.min_lr_ratio).tolist()
@@ -178,6 +182,7 @@ def build_parts(
     amp = resolve_amp(cfg, model, device, max(2, min(8, cfg.batch_size // world)))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     parts = RunParts(model, net, target, objective, optimizer, scaler, lr, momentum, peak_lr, amp)
+    parts.wd = wd_schedule(cfg.weight_decay, cfg.weight_decay_end, total_steps)
     width = backbone_width(model.encoder)
     if cfg.online_probe and data.num_classes and width:
         parts.probe = OnlineProbe(width, data.num_classes, cfg.online_probe_lr).to(device)

@@ -44,7 +44,8 @@ def train_step(
     only sets the device flag ``parts.nonfinite``.
     """
     timer = timer or NullTimer()
-    set_lr(parts.optimizer, parts.lr[step], parts.peak_lr)  # Python floats: no host read
+    wd = parts.wd[step] if parts.wd is not None else None
+    set_lr(parts.optimizer, parts.lr[step], parts.peak_lr, wd)  # Python floats: no host read
     online_views, mix = mixed_views(views, gen, cutmix, timer)
     parts.mix = mix
     dtype = parts.amp or torch.float32
