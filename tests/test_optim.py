@@ -9,9 +9,11 @@ from timm.optim import Lars
 from torch import nn
 
 from unigrad.config import build_config, parse_set
+from unigrad.core.clock import Clock
 from unigrad.engine.optim import (
     OPTIMIZERS,
     build_optimizer,
+    clip_grad_norm,
     lr_schedule,
     schedule_tensors,
     set_lr,
@@ -172,3 +174,25 @@ def test_new_optimiser_keys_are_set_with_set():
     assert (cfg.optimizer, cfg.weight_decay_end, cfg.clip_grad) == ("adamw", 0.4, 3.0)
     assert cfg.norm_bias_decay is False
     assert build_config({}).norm_bias_decay is None  # an existing run's config: its recipe
+
+
+def _grad_norm(params) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+
+
+def test_clipping_bounds_the_global_gradient_norm_and_keeps_its_direction():
+    torch.manual_seed(0)
+    model = _model()
+    opt = build_optimizer(model, "sgd", lr=0.1, weight_decay=0.0)
+    (100 * model["predictor"](model["encoder"](torch.randn(8, 3))).square().mean()).backward()
+    params = list(model.parameters())
+    grads, norm = [p.grad.clone() for p in params], _grad_norm(params)
+    assert norm > 1
+    clip = clip_grad_norm(opt, 0.5)
+    clip(Clock(step=torch.zeros((), dtype=torch.int64)))  # as the compiled step calls it
+    assert float(_grad_norm(params)) == pytest.approx(0.5, rel=1e-4)
+    for p, g in zip(params, grads, strict=True):
+        torch.testing.assert_close(p.grad, g * 0.5 / norm)
+    kept = [p.grad.clone() for p in params]
+    clip_grad_norm(opt, 1.0)(Clock())  # under the bound: nothing changes
+    assert all(torch.equal(p.grad, g) for p, g in zip(params, kept, strict=True))

@@ -23,7 +23,7 @@ from unigrad.core.objective import Mix, Objective
 from unigrad.core.targets import TargetBranch, cosine_momentum
 from unigrad.data.pipeline import TrainData
 from unigrad.engine.device import resolve_amp
-from unigrad.engine.optim import build_optimizer, lr_schedule, wd_schedule
+from unigrad.engine.optim import build_optimizer, clip_grad_norm, lr_schedule, wd_schedule
 from unigrad.eval.online_probe import OnlineProbe, backbone_width
 from unigrad.methods import get_method
 from unigrad.models.networks import SiameseModel, model_from_config
@@ -183,6 +183,8 @@ def build_parts(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     parts = RunParts(model, net, target, objective, optimizer, scaler, lr, momentum, peak_lr, amp)
     parts.wd = wd_schedule(cfg.weight_decay, cfg.weight_decay_end, total_steps)
+    if cfg.clip_grad > 0:
+        parts.hooks.backward.append(clip_grad_norm(optimizer, cfg.clip_grad, scaler))
     width = backbone_width(model.encoder)
     if cfg.online_probe and data.num_classes and width:
         parts.probe = OnlineProbe(width, data.num_classes, cfg.online_probe_lr).to(device)

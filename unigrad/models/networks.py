@@ -7,10 +7,13 @@ stem the backbone's state_dict is torchvision's minus ``fc`` (see ``unigrad expo
 
 Backbone names (``Config.backbone``, ``--backbone``): ``resnet18``, ``resnet34``, ``resnet50``,
 ``resnet101`` (torchvision; ``width``, ``cifar_stem`` and ``norm`` apply), ``timm:NAME`` for any
-timm model (created with ``num_classes=0`` so it returns pooled features; ``img_size`` is passed
-to the models that take it, e.g. ViTs), and the older spelling ``vit_*`` for ``timm:vit_*``.
-timm is an optional dependency, imported only for those names. ``custom`` is what a run records
-for a module passed from Python (``build_model(module, feat_dim=D)``).
+timm model (created with ``num_classes=0`` so it returns pooled features; ``img_size`` and
+``dynamic_img_size=True`` are passed to the models that take them, so a ViT built for the
+global views also embeds multi-crop's smaller ones, its position embeddings resampled), and the
+older spelling ``vit_*`` for ``timm:vit_*``. ``timm:NAME,key=value,...`` passes keyword
+arguments to ``timm.create_model`` (``timm:vit_tiny_patch16_224,patch_size=4`` for 32 px
+images). timm is an optional dependency, imported only for those names. ``custom`` is what a
+run records for a module passed from Python (``build_model(module, feat_dim=D)``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 from torchvision.models import resnet
 
@@ -52,6 +56,22 @@ def is_timm(name: str) -> bool:
     return name.startswith((TIMM_PREFIX, VIT_PREFIX))
 
 
+def timm_name(name: str) -> tuple[str, dict[str, Any]]:
+    """``timm:NAME[,key=value,...]`` (or ``vit_*[,...]``) -> (NAME, keyword arguments of
+    ``timm.create_model``, values read as YAML scalars: ``patch_size=4`` is an int)."""
+    model, *args = name.removeprefix(TIMM_PREFIX).split(",")
+    kwargs: dict[str, Any] = {}
+    for arg in args:
+        key, sep, value = (x.strip() for x in arg.partition("="))
+        if not sep or not key or not value:
+            raise UserError(
+                f"backbone {name!r}: {arg!r} is not key=value (timm:NAME,key=value,... passes "
+                "keyword arguments to timm.create_model)"
+            )
+        kwargs[key] = yaml.safe_load(value)
+    return model.strip(), kwargs
+
+
 def backbone_error(name: str) -> str | None:
     """None when ``name`` is a backbone :func:`make_backbone` builds, else a one-line message
     naming the problem and the valid names (imports timm for timm names)."""
@@ -66,7 +86,10 @@ def backbone_error(name: str) -> str | None:
             )
         return f"unknown backbone {name!r}; choose one of {valid}"
     timm = import_timm()
-    model = name.removeprefix(TIMM_PREFIX)
+    try:
+        model, _ = timm_name(name)
+    except UserError as e:
+        return str(e)
     if timm.is_model(model):
         return None
     close = difflib.get_close_matches(model, timm.list_models(), n=3)
@@ -140,24 +163,38 @@ def timm_backbone(name: str, image_size: int) -> tuple[nn.Module, int]:
     """A timm model without classifier (``num_classes=0``: pooled features).
 
     Args:
-        name: ``timm:NAME`` or a bare timm name (``vit_small_patch16_224``, ``resnet18``).
-        image_size: passed as ``img_size`` to the models that take it (ViTs and the like).
+        name: ``timm:NAME`` or a bare timm name (``vit_small_patch16_224``, ``resnet18``),
+            optionally followed by ``,key=value`` keyword arguments of ``timm.create_model``
+            (:func:`timm_name`).
+        image_size: passed as ``img_size``, with ``dynamic_img_size=True`` (any input size:
+            multi-crop's smaller views), to the models that take them (ViTs and the like).
 
     Returns:
         (module mapping [B, 3, H, W] -> [B, D], D = the model's ``num_features``).
     """
     timm = import_timm()
-    model = name.removeprefix(TIMM_PREFIX)
-    try:
-        net = timm.create_model(model, pretrained=False, num_classes=0, img_size=image_size)
-    except TypeError as e:  # the model has no img_size (convolutional nets: any size works)
-        if "img_size" not in str(e):
-            raise
-        net = timm.create_model(model, pretrained=False, num_classes=0)
-    except RuntimeError as e:
-        if "Unknown model" not in str(e):
-            raise
-        raise UserError(f"backbone {name!r}: {str(e).splitlines()[0]}") from None
+    model, given = timm_name(name)
+    sized = {k: v for k, v in (("img_size", image_size), ("dynamic_img_size", True))
+             if k not in given}  # fmt: skip
+    while True:
+        try:
+            net = timm.create_model(model, pretrained=False, num_classes=0, **sized, **given)
+            break
+        except TypeError as e:  # a keyword the model does not take
+            ours = next((k for k in sized if f"'{k}'" in str(e)), None)
+            if ours is not None:  # convolutional nets: any size works without it
+                del sized[ours]
+                continue
+            theirs = next((k for k in given if f"'{k}'" in str(e)), None)
+            if theirs is None:
+                raise
+            raise UserError(
+                f"backbone {name!r}: timm's {model} takes no argument {theirs!r}; remove it"
+            ) from None
+        except RuntimeError as e:
+            if "Unknown model" not in str(e):
+                raise
+            raise UserError(f"backbone {name!r}: {str(e).splitlines()[0]}") from None
     return net, int(net.num_features)
 
 
