@@ -195,19 +195,15 @@ def schedule_tensors(optimizer: torch.optim.Optimizer, device: torch.device, wd:
             g["weight_decay"] = torch.zeros((), dtype=torch.float32, device=device)
 
 
-def clip_grad_norm(
-    optimizer: torch.optim.Optimizer, max_norm: float, scaler: torch.amp.GradScaler | None = None
-) -> Action:
+def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> Action:
     """An action after backward (:class:`~unigrad.core.hooks.StepHooks`) that scales the
     gradients of every parameter ``optimizer`` trains so that their global l2 norm is at most
     ``max_norm``: g <- g * min(1, max_norm / (||g|| + 1e-6)) (torch's ``clip_grad_norm_``,
-    tensor operations only: no host read, so the compiled step holds it too). With an enabled
-    float16 loss ``scaler`` the gradients are unscaled first (the clip is in true units)."""
+    tensor operations only: no host read, so the compiled step holds it too). The step unscales
+    a float16 loss scaler's gradients before the actions after backward run."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
     def clip(clock: Clock) -> None:
-        if scaler is not None and scaler.is_enabled():
-            scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(params, max_norm)
 
     return clip

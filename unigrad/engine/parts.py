@@ -184,7 +184,7 @@ def build_parts(
     parts = RunParts(model, net, target, objective, optimizer, scaler, lr, momentum, peak_lr, amp)
     parts.wd = wd_schedule(cfg.weight_decay, cfg.weight_decay_end, total_steps)
     if cfg.clip_grad > 0:
-        parts.hooks.backward.append(clip_grad_norm(optimizer, cfg.clip_grad, scaler))
+        parts.hooks.backward.append(clip_grad_norm(optimizer, cfg.clip_grad))
     width = backbone_width(model.encoder)
     if cfg.online_probe and data.num_classes and width:
         parts.probe = OnlineProbe(width, data.num_classes, cfg.online_probe_lr).to(device)
