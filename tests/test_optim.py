@@ -196,3 +196,19 @@ def test_clipping_bounds_the_global_gradient_norm_and_keeps_its_direction():
     kept = [p.grad.clone() for p in params]
     clip_grad_norm(opt, 1.0)(Clock())  # under the bound: nothing changes
     assert all(torch.equal(p.grad, g) for p, g in zip(params, kept, strict=True))
+
+
+def test_lars_with_a_weight_decay_schedule_is_not_compiled_as_a_step():
+    """timm's Lars branches on the weight decay (``if weight_decay != 0``): a scheduled one is a
+    tensor under ``compile: step``, a graph break per parameter; the step falls back."""
+    from types import SimpleNamespace
+
+    from unigrad.engine.compiled import step_fallback_reason
+
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    for name, wd, says in [("lars", [0.1, 0.2], "drop weight_decay_end"), ("lars", None, None),
+                           ("adamw", [0.1, 0.2], None)]:  # fmt: skip
+        opt = build_optimizer(_model(), name, 0.1, 0.1)
+        parts = SimpleNamespace(optimizer=opt, wd=wd, scaler=scaler)
+        reason = step_fallback_reason(parts, torch.device("cpu"))
+        assert (reason is None) if says is None else (says in reason), (name, wd, reason)

@@ -53,6 +53,11 @@ def step_fallback_reason(parts: RunParts, device: torch.device) -> str | None:
         return "float16's loss scaler checks for overflow on the host each step (use amp bf16)"
     if device.type not in ("cpu", "cuda"):
         return f"torch.compile has no step backend for {device.type}"
+    if parts.wd is not None and type(parts.optimizer).__name__ == "Lars":
+        return (
+            "timm's LARS branches on the weight decay, which a schedule makes a tensor "
+            "(a graph break and a host read per parameter); drop weight_decay_end or use sgd/adamw"
+        )
     return None
 
 
