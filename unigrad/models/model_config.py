@@ -13,7 +13,11 @@ class ModelConfig(Section):
     name = "model"
 
     backbone: str = setting(
-        "resnet18", "resnet18/34/50/101 | timm:NAME (any timm model) | vit_*", "arch", "baseline"
+        "resnet18",
+        "resnet18/34/50/101 | timm:NAME (any timm model; ViTs take any view size) | vit_*; "
+        "timm:NAME,key=value,... passes timm.create_model arguments (patch_size=4)",
+        "arch",
+        "baseline",
     )
     width: float = setting(1.0, "channel width multiplier of the ResNet", "arch", "baseline")
     cifar_stem: bool = setting(
