@@ -41,6 +41,8 @@ def configs():
         ("unigrad", None),
         ("mocov3", "b"),
         ("nnclr", "b"),
+        ("swav", "exact"),
+        ("dino", "exact"),
     ):
         yield name, "grad", variant, METHODS[name].target, 4
 

@@ -17,7 +17,7 @@ from unigrad.methods import METHODS
 def test_every_exact_derivation_holds(seed):
     checks = run_checks(seed=seed)
     exact = [c for c in checks if c.kind == "exact"]
-    assert len(exact) == 9
+    assert len([c for c in exact if c.method not in ("swav", "dino")]) == 9  # appendix A
     for c in exact:
         assert c.rel_error < EXACT_TOL, c
         assert c.cosine > 1 - 1e-9, c

@@ -98,6 +98,11 @@ def check_parts(
             "whole batch of two views: use --form grad (every gradient form takes local views "
             "and CutMix)"
         )
+    if cutmix and not form.term.takes_cutmix:
+        raise HyperparameterError(
+            f"cutmix does not apply to {spec.name}: its positive is a code computed over the "
+            "batch, which a mixed image cannot take by area; remove cutmix"
+        )
     if cutmix and symmetry == "asym2x":
         raise HyperparameterError("symmetry=asym2x takes neither multi_crop nor cutmix")
     if cutmix and target not in ("momentum", "snapshot"):
@@ -329,4 +334,6 @@ class Objective(nn.Module):
             u = step.norm(anchors[i])
             out = self.term.pair(step, i, u, pos[i])
             terms.append(G.surrogate(u, out) if self.kind == "grad" else out)
-        return torch.stack(terms).mean()
+        loss = torch.stack(terms).mean()
+        extra = self.term.parts_loss(step)
+        return loss if extra is None else loss + extra

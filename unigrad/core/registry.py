@@ -7,9 +7,17 @@ its own with :func:`register`. ``Objective("simclr", ...)`` looks names up here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from unigrad.core.spec import MethodSpec
 
 METHODS: dict[str, MethodSpec] = {}
+
+#: Derivations a method file adds to ``unigrad check-gradients`` (its ``DERIVATIONS`` list):
+#: each takes the synthetic float64 batch and returns rows (name, method, kind, autograd
+#: gradient, closed form, note).
+DERIVATIONS: list[Callable[[Any], list[tuple[Any, ...]]]] = []
 
 
 def register(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
@@ -23,6 +31,12 @@ def register(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
         raise ValueError(f"method {spec.name!r} is already registered (pass replace=True)")
     METHODS[spec.name] = spec
     return spec
+
+
+def register_derivation(fn: Callable[[Any], list[tuple[Any, ...]]]) -> None:
+    """Add a method's rows to ``unigrad check-gradients`` (once per function)."""
+    if fn not in DERIVATIONS:
+        DERIVATIONS.append(fn)
 
 
 def get_method(name: str) -> MethodSpec:

@@ -108,13 +108,15 @@ class Term:
     negatives from (the first is its default): ``none``, ``batch``, ``bank`` (memory bank,
     ``step.negatives``) or ``ema`` (correlation matrix F, ``step.corr``). A subclass (a frozen
     dataclass) overrides :meth:`pair` or :meth:`batch`, and optionally :meth:`prepare`
-    (per-step quantities), :meth:`positive` (a transform of the positives) and :meth:`modules`
-    (stateful or learnable parts, kept by the objective and seen as ``step.parts``).
+    (per-step quantities), :meth:`positive` (a transform of the positives), :meth:`modules`
+    (stateful or learnable parts, kept by the objective and seen as ``step.parts``) and
+    :meth:`parts_loss` (their gradient in a gradient form).
     """
 
     kind: str  # "loss" | "grad"
     scope: str = "pair"
     sets: tuple[str, ...] = ("none",)
+    takes_cutmix: bool = True  # False: a mixed image's positive cannot be mixed like it
 
     def with_set(self, sample_set: str) -> Term:
         if sample_set not in self.sets:
@@ -146,3 +148,9 @@ class Term:
     def batch(self, step: Step) -> torch.Tensor:
         """One loss over the global batch (``scope="batch"``)."""
         raise NotImplementedError
+
+    def parts_loss(self, step: Step) -> torch.Tensor | None:
+        """A scalar added to the objective after the pairs, whose gradient trains the term's
+        own parts where the surrogate gives them none (a gradient form's prototypes); None by
+        default."""
+        return None

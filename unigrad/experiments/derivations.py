@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from unigrad.core import gradients as G
 from unigrad.core import losses as L
+from unigrad.core.registry import DERIVATIONS
 from unigrad.core.samples import directpred_predictor
 
 EXACT_TOL = 1e-6
@@ -246,7 +247,10 @@ def _unigrad(d: Data, lambd: float) -> list[Check]:
 
 
 def run_checks(seed: int = 0, n: int = 32, c: int = 24) -> list[Check]:
-    """All derivations on one synthetic batch (float64)."""
+    """All derivations on one synthetic batch (float64): appendix A's, then the rows the
+    method files registered (:data:`unigrad.core.registry.DERIVATIONS`; SwAV, DINO)."""
+    import unigrad.methods  # noqa: F401  (fills the registry)
+
     d = Data(n=n, c=c, seed=seed)
     return [
         *_moco(d, tau=0.2),
@@ -255,6 +259,7 @@ def run_checks(seed: int = 0, n: int = 32, c: int = 24) -> list[Check]:
         *_barlow(d, lambd=5e-3),
         *_vicreg(d),
         *_unigrad(d, lambd=100.0 * c / 2048),
+        *(compare(*row) for fn in DERIVATIONS for row in fn(d)),
     ]
 
 

@@ -2,7 +2,9 @@
 
 Importing this package loads every module of it into the registry that the core owns
 (:mod:`unigrad.core.registry`: :data:`METHODS`, :func:`register`, :func:`get_method`, re-exported
-here), so adding a method is adding a file (or calling :func:`register` from user code). The
+here), so adding a method is adding a file (or calling :func:`register` from user code); a
+module's ``DERIVATIONS`` (functions giving ``unigrad check-gradients`` rows) are registered the
+same way. The
 order of the table (``unigrad methods``) is the paper's: contrastive, asymmetric, decorrelation,
 UniGrad, then the methods added after it.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from unigrad.core.registry import METHODS, get_method, register
+from unigrad.core.registry import METHODS, get_method, register, register_derivation
 
 __all__ = ["METHODS", "get_method", "register"]
 
@@ -23,8 +25,11 @@ def _load() -> None:
     names = [m.name for m in pkgutil.iter_modules(__path__)]
     ordered = [n for n in _PAPER_ORDER if n in names] + sorted(set(names) - set(_PAPER_ORDER))
     for name in ordered:
-        for spec in getattr(importlib.import_module(f"{__name__}.{name}"), "METHODS", []):
+        module = importlib.import_module(f"{__name__}.{name}")
+        for spec in getattr(module, "METHODS", []):
             register(spec, replace=METHODS.get(spec.name) is spec)
+        for fn in getattr(module, "DERIVATIONS", []):
+            register_derivation(fn)
 
 
 _load()

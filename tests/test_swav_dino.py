@@ -1,0 +1,255 @@
+"""SwAV and DINO: each loss against a re-implementation written from its authors' code (loops,
+no reuse), Sinkhorn-Knopp's separable form, multi-crop pair weights, and loss form == gradient
+form (the model's and the prototypes' gradients)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unigrad.core.objective import Objective
+from unigrad.experiments.derivations import EXACT_TOL, run_checks
+from unigrad.methods.dino import teacher_temperature
+from unigrad.methods.swav import pair_weights, sinkhorn
+
+N, C, K = 10, 8, 12
+
+
+def _views(n_views=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(N, C, generator=g, dtype=torch.float64)
+    z = [base + 0.6 * torch.randn(N, C, generator=g, dtype=torch.float64) for _ in range(n_views)]
+    t = [base + 0.6 * torch.randn(N, C, generator=g, dtype=torch.float64) for _ in range(2)]
+    return [x.requires_grad_(True) for x in z], t
+
+
+def _authors_sinkhorn(out, eps=0.05, iters=3):
+    """SwAV's distributed_sinkhorn for one process, written as its authors wrote it."""
+    q = torch.exp(out / eps).t()  # [K, B]
+    b, k = q.shape[1], q.shape[0]
+    q = q / q.sum()
+    for _ in range(iters):
+        q = q / q.sum(dim=1, keepdim=True)
+        q = q / k
+        q = q / q.sum(dim=0, keepdim=True)
+        q = q / b
+    return (q * b).t()
+
+
+def _swav(n_views, **kw):
+    return Objective("swav", dim=C, n_prototypes=K, queue_size=0, **kw).double()
+
+
+@pytest.mark.parametrize("n_views", [2, 4])
+def test_swav_loss_equals_its_authors_loop(n_views):
+    """main_swav.py: for each global crop, its code against every other crop, each term the mean
+    over samples, averaged over the V - 1 crops, then over the two codes."""
+    z, _ = _views(n_views, seed=1)
+    obj = _swav(n_views)
+    got = obj(z, targets=[x.detach() for x in z[:2]])
+    w = obj.parts["prototypes"].weight.detach()  # renormalised by the call
+    assert torch.allclose(w.norm(dim=1), torch.ones(K, dtype=w.dtype))
+    out = [F.normalize(x, dim=1) @ w.T for x in z]
+    loss = 0.0
+    for crop_id in (0, 1):
+        q = _authors_sinkhorn(out[crop_id].detach())
+        subloss = 0.0
+        for v in range(n_views):
+            if v == crop_id:
+                continue
+            x = out[v] / 0.1
+            subloss -= torch.mean(torch.sum(q * F.log_softmax(x, dim=1), dim=1))
+        loss += subloss / (n_views - 1)
+    loss /= 2
+    assert torch.allclose(got, loss, rtol=1e-10)
+
+
+def test_sinkhorn_matches_the_authors_and_has_the_separable_form():
+    g = torch.Generator().manual_seed(0)
+    scores = F.normalize(torch.randn(N, C, generator=g, dtype=torch.float64), dim=1) @ (
+        F.normalize(torch.randn(K, C, generator=g, dtype=torch.float64), dim=1).T
+    )
+    q = sinkhorn(scores, eps=0.05, iters=3)
+    assert torch.allclose(q, _authors_sinkhorn(scores), rtol=1e-10)
+    assert torch.allclose(q.sum(1), torch.ones(N, dtype=q.dtype))  # each sample a distribution
+    # log Q - S/eps = a_i + b_k: double-centred, nothing is left
+    m = q.log() - scores / 0.05
+    resid = m - m.mean(1, keepdim=True) - m.mean(0, keepdim=True) + m.mean()
+    assert resid.abs().max() < 1e-9
+    assert (m - m.mean(0, keepdim=True)).std() > 1e-3  # the row term is not trivially 0
+    # more iterations balance the prototypes: column sums -> N / K
+    q50 = sinkhorn(scores, eps=0.05, iters=50)
+    assert (q50.sum(0) - N / K).abs().max() < (q.sum(0) - N / K).abs().max()
+
+
+def test_sinkhorn_with_a_queue_is_sinkhorn_over_queue_and_batch():
+    g = torch.Generator().manual_seed(3)
+    batch, queue = torch.randn(N, K, generator=g) * 0.3, torch.randn(7, K, generator=g) * 0.3
+    got = sinkhorn(batch, shared=queue)
+    ref = _authors_sinkhorn(torch.cat([queue, batch]))[-N:]
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_multi_crop_pair_weights_count_a_local_view_twice():
+    assert pair_weights([(0, [1]), (1, [0])]) == {0: 1.0, 1: 1.0}
+    w = pair_weights([(0, [1]), (1, [0]), (2, [0, 1]), (3, [0, 1])])
+    assert w == pytest.approx({0: 4 / 6, 1: 4 / 6, 2: 8 / 6, 3: 8 / 6})
+    assert sum(w.values()) / len(w) == pytest.approx(1.0)  # a mean of the 2 (V - 1) terms
+
+
+@pytest.mark.parametrize("n_views", [2, 3])
+def test_dino_loss_and_centre_equal_its_authors_loss(n_views):
+    """DINOLoss.forward: teacher softmax((t - c) / tau_t) per global view, every student view
+    v != iq, the mean of the terms; then c <- 0.9 c + 0.1 mean(t)."""
+    z, t = _views(n_views, seed=2)
+    obj = Objective("dino", dim=C, n_prototypes=K).double()
+    center0 = torch.randn(K, dtype=torch.float64) * 0.1
+    obj.parts["center"].center.copy_(center0)
+    protos = obj.parts["prototypes"]
+    got = obj(z, targets=t)
+    w_s = F.normalize(protos.weight.detach(), dim=1)
+    w_t = F.normalize(protos.teacher, dim=1)
+    student = torch.cat([F.normalize(x, dim=1) @ w_s.T for x in z]) / 0.1
+    teacher = torch.cat([F.normalize(x, dim=1) @ w_t.T for x in t])
+    teacher_out = F.softmax((teacher - center0) / 0.07, dim=-1).chunk(2)
+    student_out = student.chunk(n_views)
+    total, n_terms = 0.0, 0
+    for iq, q in enumerate(teacher_out):
+        for v in range(len(student_out)):
+            if v == iq:
+                continue
+            total += torch.sum(-q * F.log_softmax(student_out[v], dim=-1), dim=-1).mean()
+            n_terms += 1
+    assert torch.allclose(got, total / n_terms, rtol=1e-10)
+    batch_center = teacher.sum(0, keepdim=True) / len(teacher)
+    expected = center0 * 0.9 + batch_center[0] * 0.1
+    assert torch.allclose(obj.parts["center"].center, expected, rtol=1e-12)
+
+
+def test_dino_teacher_temperature_schedule_is_its_authors():
+    warm = [0.04 + (0.07 - 0.04) * e / 29 for e in range(30)]
+    sched = warm + [0.07] * 70  # np.concatenate((linspace(.04, .07, 30), ones(70) * .07))
+    for e in (0, 1, 15, 29, 30, 99):
+        assert teacher_temperature(e, 0.04, 0.07, 30) == pytest.approx(sched[e])
+        got = teacher_temperature(torch.tensor(e), 0.04, 0.07, 30)
+        assert float(got) == pytest.approx(sched[e])
+    assert teacher_temperature(0, 0.04, 0.07, 0) == 0.07
+
+
+def _grads(obj, z, t):
+    zz = [x.detach().clone().requires_grad_(True) for x in z]
+    obj(zz, targets=t).backward()
+    return torch.cat([x.grad for x in zz]), obj.parts["prototypes"].weight.grad
+
+
+@pytest.mark.parametrize("method", ["swav", "dino"])
+@pytest.mark.parametrize("n_views", [2, 4])
+def test_loss_form_and_exact_gradient_form_give_the_same_gradients(method, n_views):
+    """The model's gradient (through u) and the prototypes' gradient (the added surrogate)."""
+    z, t = _views(n_views, seed=4)
+    kw = {"queue_size": 0} if method == "swav" else {}
+    torch.manual_seed(0)
+    lo = Objective(method, "loss", dim=C, n_prototypes=K, **kw).double()
+    gr = Objective(method, "grad", "exact", dim=C, n_prototypes=K, **kw).double()
+    start = {k: v.clone() for k, v in lo.state_dict().items()}  # the centre changes with a call
+    gr.load_state_dict(start)
+    (a, pa), (b, pb) = _grads(lo, z, t), _grads(gr, z, t)
+    assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), (a - b).abs().max()
+    assert torch.allclose(pa, pb, rtol=1e-9, atol=1e-12), (pa - pb).abs().max()
+    s = Objective(method, "grad", "simple", dim=C, n_prototypes=K, **kw).double()
+    s.load_state_dict(start)
+    c, pc = _grads(s, z, t)
+    assert torch.allclose(pa, pc, rtol=1e-9, atol=1e-12)  # same prototype gradient
+    assert not torch.allclose(a, c, rtol=1e-3)  # a different model gradient
+
+
+@pytest.mark.parametrize("method", ["swav", "dino"])
+def test_frozen_prototypes_get_no_gradient_and_the_same_loss(method):
+    z, t = _views(seed=5)
+    kw = {"queue_size": 0} if method == "swav" else {}
+    obj = Objective(method, "loss", dim=C, n_prototypes=K, **kw).double()
+    ref = Objective(method, "loss", dim=C, n_prototypes=K, **kw).double()
+    ref.load_state_dict(obj.state_dict())
+    obj.hp["train_prototypes"] = torch.tensor(False)  # what the schedule gives before the epoch
+    loss = obj(z, targets=t)
+    assert torch.allclose(loss, ref(z, targets=t))
+    loss.backward()
+    assert obj.parts["prototypes"].weight.grad.abs().max() == 0
+    assert z[0].grad.abs().max() > 0
+
+
+def test_swav_queue_fills_then_joins_sinkhorn_and_is_state():
+    z, t = _views(seed=6)
+    obj = Objective("swav", "loss", dim=C, n_prototypes=K, queue_size=2 * N).double()
+    no_queue = Objective("swav", "loss", dim=C, n_prototypes=K, queue_size=0).double()
+    no_queue.load_state_dict(obj.state_dict(), strict=False)
+    for seed in (8, 9):  # fills it (2 other batches of N)
+        zf, tf = _views(seed=seed)
+        assert torch.allclose(obj(zf, targets=tf), no_queue(zf, targets=tf))  # not used yet
+    assert obj.parts["queue"].full
+    state = {k: v.clone() for k, v in obj.state_dict().items()}
+    b = obj(z, targets=t)
+    assert not torch.allclose(b, no_queue(z, targets=t))
+    resumed = Objective("swav", "loss", dim=C, n_prototypes=K, queue_size=2 * N).double()
+    resumed.load_state_dict(state)
+    assert resumed.parts["queue"].full
+    assert torch.allclose(resumed(z, targets=t), b, rtol=1e-12)
+
+
+def test_cutmix_is_refused_by_name():
+    from unigrad.core.objective import Mix
+    from unigrad.core.spec import HyperparameterError
+
+    z, t = _views(seed=7)
+    obj = _swav(2)
+    mix = Mix(torch.arange(N), torch.full((N,), 0.5, dtype=torch.float64))
+    with pytest.raises(HyperparameterError, match="cutmix does not apply to swav"):
+        obj(z, targets=t, mix=mix)
+
+
+def test_check_gradients_rows_of_swav_and_dino_are_exact():
+    rows = [c for c in run_checks(seed=1) if c.method in ("swav", "dino")]
+    exact = [c for c in rows if c.kind == "exact"]
+    assert {c.method for c in exact} == {"swav", "dino"} and len(exact) == 5
+    assert all(c.rel_error < EXACT_TOL for c in exact), exact
+    simple = [c for c in rows if c.kind == "simplification"]
+    assert len(simple) == 2 and all(c.rel_error > 1e-3 for c in simple)
+    assert not math.isnan(sum(c.cosine for c in rows))
+
+
+@pytest.mark.parametrize("method", ["swav", "dino"])
+def test_trains_with_the_trainer_and_checkpoints_its_parts(method, tmp_path, tiny_folder):
+    from conftest import TINY
+
+    from unigrad.config import build_config
+    from unigrad.engine.checkpoint import load_checkpoint
+    from unigrad.engine.trainer import Trainer
+
+    extra = {"queue_size": 32, "queue_start": 0} if method == "swav" else {}
+    cfg = build_config(
+        TINY,
+        {
+            "method": method,
+            "data": str(tiny_folder),
+            "out": str(tmp_path / "r"),
+            "max_steps": 3,
+            "diag_every": 0,
+            "n_prototypes": 16,
+            "freeze_prototypes": 0,
+            **extra,
+        },
+    )
+    tr = Trainer(cfg, show_progress=False)
+    weight = tr.objective.parts["prototypes"].weight
+    before = weight.detach().clone()
+    assert any(weight is q for g in tr.optimizer.param_groups for q in g["params"])
+    tr.fit()
+    assert not torch.allclose(weight.detach(), before)
+    state = load_checkpoint(tmp_path / "r" / "last.ckpt")["objective"]
+    assert torch.equal(state["parts.prototypes.weight"], weight.detach())
+    if method == "swav":
+        assert int(state["parts.queue.filled"]) == 32  # 3 steps of 16, capped
+    else:
+        assert state["parts.center.center"].abs().sum() > 0
+        assert not torch.equal(state["parts.prototypes.teacher"], before)
