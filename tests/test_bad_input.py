@@ -91,7 +91,7 @@ def test_non_rgb_images_are_converted(capsys, tmp_path, folder):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--method", "swav"], "unknown method 'swav'"),
+        (["--method", "sawv"], "unknown method 'sawv'"),
         (["--set", "lamda=1"], "Valid keys:"),
         (["--set", "lambd=-1"], "lambd must be >= 0"),
         (["--set", "tau=0", "--method", "moco"], "tau must be > 0"),

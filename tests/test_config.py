@@ -45,7 +45,7 @@ def test_wrong_type_is_refused():
         ({"tau": 0.1}, "unigrad takes no hyperparameter tau"),
         ({"rho": 1.0}, r"rho must be in \[0, 1\)"),
         ({"batch_size": 1}, "batch_size must be >= 2"),
-        ({"method": "swav"}, "unknown method 'swav'"),
+        ({"method": "sawv"}, "unknown method 'sawv'"),
         ({"method": "byol", "form": "grad"}, "no gradient form"),
         ({"method": "barlow_twins", "form": "grad", "variant": "z"}, "no gradient variant 'z'"),
         ({"target": "ema"}, "unknown target"),
