@@ -253,3 +253,126 @@ def test_trains_with_the_trainer_and_checkpoints_its_parts(method, tmp_path, tin
     else:
         assert state["parts.center.center"].abs().sum() > 0
         assert not torch.equal(state["parts.prototypes.teacher"], before)
+
+
+PROTO_RUNS = {
+    "swav": {"method": "swav", "n_prototypes": 16, "queue_size": 24, "queue_start": 0,
+             "freeze_prototypes": 0},
+    "dino": {"method": "dino", "form": "grad", "n_prototypes": 16, "freeze_prototypes": 0},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(PROTO_RUNS))
+def test_compiled_step_equals_eager(name, tiny_folder, tmp_path, monkeypatch):
+    """``compile: step`` (aot_eager capture) against the eager step after 1 and 4 steps:
+    prototypes, queue, centre and the teacher's last layer included (the queue is used from
+    step 3 on: 2 steps of 16 fill its 24 rows)."""
+    from test_compiled_step import max_diff, run
+
+    monkeypatch.setenv("UNIGRAD_COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    _, eager = run(tiny_folder, tmp_path / "eager", PROTO_RUNS[name], "off", steps=4)
+    tr, comp = run(tiny_folder, tmp_path / "step", PROTO_RUNS[name], "step", steps=4)
+    assert tr.step_mode == "step"
+    for step, tol in ((1, 1e-5), (4, 1e-4)):
+        diff, key = max_diff(eager[step], comp[step])
+        assert diff < tol, f"{name}: after step {step}, {key} differs by {diff:.2e}"
+
+
+@pytest.mark.parametrize("name", list(PROTO_RUNS))
+def test_resume_is_exact_with_queue_centre_and_prototypes(name, tiny_folder, tmp_path):
+    """5 steps in one go equal a run stopped after step 2 and resumed by a new Trainer: the
+    queue (full from step 2), the centre, the prototypes and the teacher's copy travel."""
+    from conftest import TINY
+    from test_compiled_step import StopAt, TinyNet
+
+    from unigrad.config import build_config
+    from unigrad.engine.callbacks import Interrupted
+    from unigrad.engine.trainer import Trainer
+
+    def train(out, resume=False, stop=None):
+        cfg = build_config(
+            TINY,
+            {"data": str(tiny_folder), "out": str(out), "epochs": 10, "deterministic": True,
+             "amp": "off", "diag_every": 0, "knn_every": 0, "max_steps": 5},
+            PROTO_RUNS[name],
+        )  # fmt: skip
+        torch.manual_seed(0)
+        tr = Trainer(cfg, resume, show_progress=False, backbone=TinyNet(),
+                     callbacks=[StopAt(stop)] if stop else [])  # fmt: skip
+        tr._open_run()
+        try:
+            tr.train()
+        except Interrupted:
+            pass
+        finally:
+            tr.close()
+        return tr.state_dict()
+
+    straight = train(tmp_path / "a")
+    assert train(tmp_path / "b", stop=2)["step"] == 3
+    resumed = train(tmp_path / "b", resume=True)
+    assert resumed["step"] == straight["step"] == 5
+    keys = set(straight["objective"])
+    assert "parts.prototypes.weight" in keys
+    assert {"parts.queue.queue"} <= keys if name == "swav" else "parts.center.center" in keys
+    for part in ("model", "target", "objective"):
+        for k, v in straight[part].items():
+            assert torch.equal(v, resumed[part][k]), f"{part}.{k} differs after the resume"
+
+
+DIST_CASES = [("swav", "loss"), ("swav", "exact"), ("dino", "loss"), ("dino", "simple")]
+
+
+def _dist_case(method, variant):
+    """One step on this rank's rows of 4 views (2 global + 2 local): the input gradients
+    (over the world size: the loss is a mean over the local rows), the prototypes' gradient
+    averaged over ranks (as DDP averages the model's), the objective's state, all gathered."""
+    from unigrad.core import dist as udist
+
+    z, t = _views(4, seed=11)
+    w, r = udist.world_size(), udist.rank()
+    rows = slice(r * N // w, (r + 1) * N // w)
+    torch.manual_seed(0)
+    form = "loss" if variant == "loss" else "grad"
+    kw = {"queue_size": 2 * N} if method == "swav" else {}
+    obj = Objective(method, form, None if form == "loss" else variant, dim=C, n_prototypes=K,
+                    **kw).double()  # fmt: skip
+    if method == "swav":  # a full queue, the same on every rank
+        obj.parts["queue"].push([F.normalize(x.detach(), dim=1).repeat(2, 1) for x in t])
+    zz = [x[rows].detach().clone().requires_grad_(True) for x in z]
+    obj(zz, targets=[x[rows] for x in t]).backward()
+    grads = torch.cat([udist.gather_no_grad(x.grad) for x in zz]) / w
+    proto = udist.all_reduce(obj.parts["prototypes"].weight.grad) / w
+    return grads, proto, {k: v.clone() for k, v in obj.state_dict().items()}
+
+
+def _dist_worker(rank, world, path, results):
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        out = {case: _dist_case(*case) for case in DIST_CASES}
+        if rank == 0:
+            torch.save(out, results)
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path):
+    """Sinkhorn's sums (with the queue counted once), DINO's centre, the codes (through the
+    gradients), the model's and the prototypes' gradients: 2 ranks == 1 process."""
+    import torch.multiprocessing as mp
+
+    results = tmp_path / "out.pt"
+    mp.spawn(_dist_worker, args=(2, str(tmp_path / "rdv"), str(results)), nprocs=2, join=True)
+    two = torch.load(results, weights_only=True)
+    for case in DIST_CASES:
+        g1, p1, s1 = _dist_case(*case)
+        g2, p2, s2 = two[case]
+        assert torch.allclose(g1, g2, rtol=1e-9, atol=1e-12), case
+        assert torch.allclose(p1, p2, rtol=1e-9, atol=1e-12), case
+        for k in s1:
+            assert torch.allclose(s1[k].double(), s2[k].double(), rtol=1e-9, atol=1e-12), (case, k)
+        assert not torch.allclose(p1, p2 * 2, rtol=1e-3)  # a sum instead of a mean would show
