@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +117,8 @@ class Term:
     scope: str = "pair"
     sets: tuple[str, ...] = ("none",)
     takes_cutmix: bool = True  # False: a mixed image's positive cannot be mixed like it
+    #: why this term's step cannot be recorded in a CUDA graph ("" where it can)
+    cuda_graph_blocker: ClassVar[str] = ""
 
     def with_set(self, sample_set: str) -> Term:
         if sample_set not in self.sets:

@@ -58,6 +58,8 @@ def step_fallback_reason(parts: RunParts, device: torch.device) -> str | None:
             "timm's LARS branches on the weight decay, which a schedule makes a tensor "
             "(a graph break and a host read per parameter); drop weight_decay_end or use sgd/adamw"
         )
+    if device.type == "cuda" and parts.objective.term.cuda_graph_blocker:
+        return parts.objective.term.cuda_graph_blocker
     return None
 
 

@@ -35,12 +35,21 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_auto_dtype(device: torch.device) -> torch.dtype:
+    """``amp: auto`` on a CUDA device: bf16 where the GPU computes in it natively (compute
+    capability 8.0 and newer: Ampere, Hopper), else fp16 with its loss scaler. bf16 needs no
+    scaler, whose overflow check reads the host each step and so keeps ``compile: step`` from
+    capturing the step."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype without a measurement: ``auto`` is fp16 (with GradScaler) on CUDA, bf16
+    """Autocast dtype without a measurement: ``auto`` is :func:`cuda_auto_dtype` on CUDA, bf16
     on CPUs with native bf16, else off. Training uses :func:`resolve_amp`, which measures."""
     if amp == "auto":
         if device.type == "cuda":
-            return torch.float16
+            return cuda_auto_dtype(device)
         return torch.bfloat16 if cpu_has_native_bf16() else None
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
@@ -128,7 +137,8 @@ def resolve_amp(cfg: Any, model: torch.nn.Module, device: torch.device, batch: i
     ``cfg.amp_measured``) so config.yaml records it.
 
     Explicit ``amp`` values are used as given (``off`` on CUDA also turns TF32 off:
-    :func:`ieee_fp32_on_cuda`); ``auto`` is fp16 on CUDA. On the CPU ``auto`` keeps a
+    :func:`ieee_fp32_on_cuda`); ``auto`` on CUDA is bf16 where the GPU supports it, else
+    fp16 (:func:`cuda_auto_dtype`). On the CPU ``auto`` keeps a
     resumed run's ``amp_resolved``, else times fp32 against bf16 on ``model``
     (:func:`measure_cpu_amp`, once per CPU model, torch version and network: cached in
     :func:`amp_cache_path`) and takes bf16 only when clearly faster. In a distributed run
@@ -142,8 +152,9 @@ def resolve_amp(cfg: Any, model: torch.nn.Module, device: torch.device, batch: i
             ieee_fp32_on_cuda()
         return amp_dtype(cfg.amp, device)
     if device.type == "cuda":
-        cfg.amp_resolved = "fp16"
-        return torch.float16
+        dtype = cuda_auto_dtype(device)
+        cfg.amp_resolved = precision_name(dtype)
+        return dtype
     if cfg.amp_resolved in DTYPES:  # resumed run: keep its precision
         return DTYPES[cfg.amp_resolved]
     key = network_key(cfg, model, device, batch)

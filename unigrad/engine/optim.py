@@ -153,10 +153,31 @@ def build_optimizer(
         )  # fmt: skip
     if name == "lars":
         lars_cls = optional("timm.optim", "timm", "optimizer: lars").Lars
-        return lars_cls(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        opt = lars_cls(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    elif name == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    zero_momentum_buffers(opt)
+    return opt
+
+
+def zero_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """Create every missing momentum buffer now, as zeros like its parameter (AdamW's groups
+    have no ``momentum`` and are left alone).
+
+    SGD and timm's LARS create a buffer lazily at the first step, as a copy of the gradient:
+    under ``compile: step`` on CUDA that state would be born inside a CUDA graph's memory pool,
+    which the next replay overwrites. From zeros the first update is ``b = 0 * m + g = g``
+    bit for bit (dampening 0, as here), so the maths are unchanged.
+    """
+    for g in optimizer.param_groups:
+        if not g.get("momentum"):
+            continue
+        for p in g["params"]:
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def wd_scale(group: dict) -> float:

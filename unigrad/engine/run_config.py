@@ -36,7 +36,9 @@ class RunConfig(Section):
 
     device: str = setting("auto", "auto | cpu | cuda", "untrained")
     amp: str = setting(
-        "auto", "auto | off | bf16 | fp16 (auto: fp16 on CUDA, measured on CPUs)", "untrained"
+        "auto",
+        "auto | off | bf16 | fp16 (auto: bf16 on GPUs with it, else fp16; measured on CPUs)",
+        "untrained",
     )
     amp_resolved: str | None = setting(
         None, "written by the run: fp32 | bf16 | fp16 (kept on resume)", "untrained"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -38,6 +39,10 @@ class DirectPred(Term):
 
     sets: tuple[str, ...] = ("ema",)
     variant: str = ""
+    cuda_graph_blocker: ClassVar[str] = (
+        "DirectPred's W_h is an eigendecomposition (torch.linalg.eigh), whose error check "
+        "reads the host, so a CUDA graph cannot record it"
+    )
 
     def prepare(self, step: Step) -> None:
         step.cache["w_h"] = directpred_predictor(step.corr, step.hp["eps"])
