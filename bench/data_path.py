@@ -98,7 +98,7 @@ def main() -> None:
                 workers=a.workers, decode=decode,
             )  # fmt: skip
             data = CropData(cfg, torch.device(dev), SafeImageFolder(str(root / "train")))
-            ips = timed(lambda e, d=data: d.epoch(e, 0, None), a.epochs)
+            ips = timed(lambda e, d=data: (b.views for b in d.epoch(e, 0, None)), a.epochs)
             results[f"standard ({dev}, decode {decode})"] = ips
             if dev == "cuda":
                 torch.cuda.synchronize()

@@ -71,7 +71,7 @@ def views_for(tr: Trainer, steps: int) -> list[list[torch.Tensor]]:
     """``steps`` batches of views from ``tr``'s pipeline (the tiny data has a few per epoch)."""
     out: list[list[torch.Tensor]] = []
     for e in range(steps):
-        out += tr.data.epoch(e, 0)  # the CPU trainer's: CPU draws
+        out += [b.views for b in tr.data.epoch(e, 0)]  # the CPU trainer's: CPU draws
     return out[:steps]
 
 

@@ -48,7 +48,7 @@ def steady_state(tr: Trainer, steps: int, warmup: int = 2) -> tuple[float, float
                 torch.cuda.synchronize()
             start, data_t = time.perf_counter(), 0.0
         t = time.perf_counter()
-        views = next(it)
+        views = next(it).views
         data_t += time.perf_counter() - t
         tr.train_step(views, tr.data.cutmix_generator(tr.step))
     if tr.device.type == "cuda":

@@ -36,7 +36,10 @@ def main() -> None:
             cb.on_fit_start(tr)  # the forward hook
         t = time.perf_counter()
         for _ in range(n):
-            stats = tr.train_step(next(it), tr.data.cutmix_generator(tr.step))
+            batch = next(it)
+            if probe:
+                cb.on_batch(tr, batch)
+            stats = tr.train_step(batch.views, tr.data.cutmix_generator(tr.step))
             if probe:
                 cb.on_step(tr, stats, bs)
         elapsed = time.perf_counter() - t

@@ -47,12 +47,12 @@ def main() -> None:
     tr.timer = timer
     it = tr.data.epoch(0, 0)
     for _ in range(2):  # warm-up
-        tr.train_step(next(it), tr.data.cutmix_generator(tr.step))
+        tr.train_step(next(it).views, tr.data.cutmix_generator(tr.step))
     timer.reset()
     start = time.perf_counter()
     for _ in range(a.steps):
         with timer("data + augmentation"):
-            views = next(it)
+            views = next(it).views
         tr.train_step(views, tr.data.cutmix_generator(tr.step))
     total = (time.perf_counter() - start) / a.steps
     sections = {k: v / a.steps for k, v in timer.totals.items()}

@@ -62,6 +62,10 @@ def train_data(folder: Path, **kw) -> CropData:
     return data
 
 
+def views(batches) -> list[list[torch.Tensor]]:
+    return [b.views for b in batches]
+
+
 def same(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> bool:
     return len(a) == len(b) and all(
         torch.equal(u, v) for x, y in zip(a, b, strict=True) for u, v in zip(x, y, strict=True)
@@ -72,19 +76,19 @@ def same(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> bool:
 def test_views_depend_on_seed_epoch_index_and_resume_mid_epoch_exactly(jpegs, decode):
     data = train_data(jpegs, decode=decode)
     assert data.dataset.raw == (decode == "device")
-    e0 = list(data.epoch(0, 0, None))
+    e0 = views(data.epoch(0, 0, None))
     assert len(e0) == 2 and [v.shape for v in e0[0]] == [(8, 3, 16, 16)] * 2
     assert all(v.dtype == torch.float32 and v.isfinite().all() for v in e0[0])
     torch.manual_seed(123)  # the global RNG does not matter
-    assert same(list(data.epoch(0, 1, None)), e0[1:])  # a resume at batch 1
-    assert not same(list(data.epoch(1, 0, None)), e0)
+    assert same(views(data.epoch(0, 1, None)), e0[1:])  # a resume at batch 1
+    assert not same(views(data.epoch(1, 0, None)), e0)
     assert same([data.probe(4)], [data.probe(4)]) and data.probe(4)[0].shape[0] == 4
 
 
 def test_persistent_workers_give_the_in_process_views_every_epoch(jpegs):
     inline, pooled = train_data(jpegs), train_data(jpegs, workers=1)
     for epoch in (0, 1):
-        assert same(list(pooled.epoch(epoch, 0, None)), list(inline.epoch(epoch, 0, None)))
+        assert same(views(pooled.epoch(epoch, 0, None)), views(inline.epoch(epoch, 0, None)))
     assert pooled.loader is not None and pooled.loader.persistent_workers
 
 

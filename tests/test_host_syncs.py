@@ -161,7 +161,8 @@ def test_device_draws_make_the_host_draws_views(folder):
     host, dev = fast_data(folder, False), fast_data(folder, True)
     assert dev.draw_device == torch.device("cpu") and dev.aug.device_draws
     for a, b in zip(host.epoch(1, 0), dev.epoch(1, 0), strict=True):
-        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        assert all(torch.equal(x, y) for x, y in zip(a.views, b.views, strict=True))
+        assert torch.equal(a.labels, b.labels)
     assert all(torch.equal(x, y) for x, y in zip(host.probe(8), dev.probe(8), strict=True))
 
 
@@ -176,7 +177,7 @@ def test_device_draws_wait_on_nothing_between_epochs(folder):
     next(it)
     with host_work() as seen:
         for b in range(1, 4):
-            mixed_views(next(it), data.cutmix_generator(b), True, NullTimer())
+            mixed_views(next(it).views, data.cutmix_generator(b), True, NullTimer())
     assert seen == []
     host = fast_data(folder, False)  # the check can fail: the host draws select on the host
     it = host.epoch(0, 0)

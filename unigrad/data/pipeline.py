@@ -15,6 +15,10 @@ Three kinds, one interface (:class:`TrainData`):
   function of (seed, epoch, index);
 * a user's DataLoader of ready views (:class:`GivenLoaderData`), taken as given.
 
+Every kind yields a :class:`Batch` per step: the views and, where the data has them, the
+images' labels (the online probe's targets), so the labels cannot drift from the views they
+belong to.
+
 Either way the sampler's permutation depends on (seed, epoch) only, so a run can restart at any
 batch of an epoch and see exactly the views it would have seen.
 
@@ -45,6 +49,15 @@ from unigrad.engine.run_config import compile_backend
 from unigrad.errors import UserError
 
 
+class Batch(NamedTuple):
+    """One step's data: ``views`` (global first, float [B, 3, H_i, W_i] each, on the device)
+    and ``labels`` ([B] int64 on the device, the images' classes; None where the data has
+    none)."""
+
+    views: list[torch.Tensor]
+    labels: torch.Tensor | None = None
+
+
 def step_generator(
     seed: int,
     step: int,
@@ -68,12 +81,12 @@ class TrainData:
 
     steps_per_epoch: int
     skipped: int = 0  # unreadable training images left out (bad_images=skip)
-    #: Classes of the training labels where a probe can be scored on them (a labelled eval
-    #: split exists), else None; set by :func:`data_from_source`.
+    #: Whether the batches of :meth:`epoch` carry labels (:attr:`Batch.labels`).
+    labelled: bool = True
+    #: Classes of the training labels where the batches carry labels and a probe can be
+    #: scored on them (a labelled eval split exists), else None; set by
+    #: :func:`data_from_source`. The online probe is built only where it is set.
     num_classes: int | None = None
-    #: Labels [B] (int64, on the device) of the batch :meth:`epoch` yielded last, where the
-    #: data has them (the online probe's targets), else None.
-    batch_labels: torch.Tensor | None = None
     #: Where the step's random draws are made (the generators the loop passes to :meth:`epoch`
     #: and CutMix): the training device for the fast pipeline on a GPU, else the CPU.
     draw_device: torch.device = torch.device("cpu")
@@ -98,11 +111,11 @@ class TrainData:
         epoch: int,
         start: int,
         gen_for_step: Callable[[int], torch.Generator] | None = None,
-    ) -> Iterator[list[torch.Tensor]]:
-        """The views of each step of ``epoch`` from its batch ``start`` on: lists of
-        [B, 3, H_i, W_i] float tensors on the device, global views first. ``gen_for_step``
-        (default :meth:`augment_generator`) gives the generator of a step, where the views
-        draw from one."""
+    ) -> Iterator[Batch]:
+        """The batches of each step of ``epoch`` from its batch ``start`` on: views
+        [B, 3, H_i, W_i] float on the device, global views first, with their labels where
+        :attr:`labelled`. ``gen_for_step`` (default :meth:`augment_generator`) gives the
+        generator of a step, where the views draw from one."""
         raise NotImplementedError
 
     def probe(self, n: int) -> list[torch.Tensor]:
@@ -131,6 +144,12 @@ class TrainData:
         return data.EpochSampler(
             n, c.batch_size, c.seed, epoch, *world, start_batch=start, device=device
         )
+
+    def _labels(self, labels: Any) -> torch.Tensor | None:
+        """A batch's labels as [B] int64 on the device (None where the data has none)."""
+        if not self.labelled or labels is None:
+            return None
+        return torch.as_tensor(labels, dtype=torch.int64).to(self.device, non_blocking=True)
 
     def _to_device(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
@@ -184,8 +203,8 @@ class FastData(TrainData):
         # indices where the split is: on the device, one copy of the permutation per epoch
         sampler = self._sampler(len(self.images), epoch, start, self.images.device)
         for b, idx in enumerate(sampler, start):
-            self.batch_labels = self.labels[idx].to(self.device, non_blocking=True)
-            yield self._views(self.images[idx], gen_for_step(epoch * self.steps_per_epoch + b))
+            views = self._views(self.images[idx], gen_for_step(epoch * self.steps_per_epoch + b))
+            yield Batch(views, self.labels[idx].to(self.device, non_blocking=True))
 
     def _make_probe(self, n):
         g = torch.Generator(device=self.draw_device).manual_seed(self.cfg.seed + 12345)
@@ -214,8 +233,7 @@ class LoaderData(TrainData):
         self.dataset.set_epoch(epoch)
         sampler = self._sampler(len(self.dataset), epoch, start)
         for views, labels in self._loader(self.dataset, batch_sampler=sampler):
-            self.batch_labels = torch.as_tensor(labels).to(self.device, non_blocking=True)
-            yield self._to_device(views)
+            yield Batch(self._to_device(views), self._labels(labels))
 
     def _make_probe(self, n):
         self.dataset.set_epoch(-1)
@@ -267,7 +285,7 @@ class CropData(TrainData):
                 pin_memory=self.device.type == "cuda",
             )
         for batch in self.loader:
-            yield self._views(batch)
+            yield Batch(self._views(batch), self._labels(batch.labels))
 
     def _make_probe(self, n):
         n = min(n, len(self.dataset))
@@ -285,7 +303,8 @@ class GivenLoaderData(TrainData):
     batches of that epoch are drawn and dropped, so it continues exactly only when the loader's
     order is a function of the epoch (a sampler with ``set_epoch`` is called with it). The
     first batch is drawn once at construction, to check it; its first view's side is
-    ``image_size`` (the size the data suggests). No evaluation is run.
+    ``image_size`` (the size the data suggests). The batches' labels, where the loader yields
+    them, travel with the views (:class:`Batch`); no evaluation is run, so no online probe.
     """
 
     def __init__(self, cfg: Config, device: torch.device, loader: DataLoader) -> None:
@@ -300,15 +319,15 @@ class GivenLoaderData(TrainData):
         self.steps_per_epoch = len(loader)
         if self.steps_per_epoch < 1:
             raise UserError("the DataLoader yields no batches; give it at least one batch")
-        first = self._check(next(iter(loader)))[0]  # refuse a wrong loader before training
-        self.image_size = int(first.shape[-1])
+        views, labels = self._split(next(iter(loader)))  # refuse a wrong loader before training
+        self.image_size = int(views[0].shape[-1])
+        self.labelled = labels is not None
 
-    def _check(self, batch: Any) -> list[torch.Tensor]:
-        views = (
-            batch[0]
-            if isinstance(batch, (tuple, list)) and isinstance(batch[0], (list, tuple))
-            else batch
-        )
+    def _split(self, batch: Any) -> tuple[list[torch.Tensor], Any]:
+        """A loader's batch -> (its views, its labels or None), checked."""
+        views, labels = batch, None
+        if isinstance(batch, (tuple, list)) and isinstance(batch[0], (list, tuple)):
+            views, labels = batch[0], (batch[1] if len(batch) > 1 else None)
         ok = isinstance(views, (tuple, list)) and all(
             isinstance(v, torch.Tensor) and v.dim() == 4 and v.is_floating_point() for v in views
         )
@@ -318,7 +337,15 @@ class GivenLoaderData(TrainData):
                 "batch, [v1, v2, ...] or ([v1, v2, ...], labels) with float [B, 3, H, W] views; "
                 "pass the Dataset of images instead to have unigrad augment them"
             )
-        return list(views)
+        if labels is not None:
+            shape = tuple(getattr(labels, "shape", (len(labels),)))
+            if shape != (views[0].shape[0],):
+                raise UserError(
+                    f"a train_data DataLoader's labels must be one class index per image "
+                    f"([{views[0].shape[0]}]), got shape {list(shape)}; yield "
+                    "([v1, v2, ...], labels) with labels [B]"
+                )
+        return list(views), labels
 
     def epoch(self, epoch, start, gen_for_step=None):
         for holder in (self.loader.sampler, self.loader.batch_sampler):
@@ -326,10 +353,11 @@ class GivenLoaderData(TrainData):
                 holder.set_epoch(epoch)
         for b, batch in enumerate(self.loader):
             if b >= start:
-                yield self._to_device(self._check(batch))
+                views, labels = self._split(batch)
+                yield Batch(self._to_device(views), self._labels(labels))
 
     def _make_probe(self, n):
-        return [v[:n] for v in self._to_device(self._check(next(iter(self.loader))))]
+        return [v[:n] for v in self._to_device(self._split(next(iter(self.loader)))[0])]
 
 
 class RunData(NamedTuple):
@@ -384,10 +412,12 @@ def data_from_source(
         folder = isinstance(base, data.SafeImageFolder)
         train = CropData(cfg, device, base) if folder else LoaderData(cfg, device, base)
         classes = getattr(base, "classes", None)
+    train.labelled = source.labelled(train_split)
     evaluation = None
     if source.has_split(eval_split):
         check_same_classes(classes, source.classes(eval_split), train_split, eval_split)
-        train.num_classes = len(classes) if classes else None  # the online probe's
+        if train.labelled and classes:  # the online probe's: it trains on the batches' labels
+            train.num_classes = len(classes)
         splits = {"train_split": train_split, "eval_split": eval_split}
         cuda = device.type == "cuda"
         workers = crops.default_workers(cfg.workers)

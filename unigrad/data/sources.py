@@ -108,6 +108,11 @@ class Source(ABC):
         """The class names that the labels index (None where the source names none)."""
         return getattr(self.open(split), "classes", None)
 
+    def labelled(self, split: str) -> bool:
+        """Whether the split's items carry real labels (default: yes; a source of unlabelled
+        images says no, and its training batches then carry none)."""
+        return True
+
     def num_classes(self, split: str = "train") -> int | None:
         names = self.classes(split)
         return None if names is None else len(names)

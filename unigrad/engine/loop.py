@@ -27,9 +27,12 @@ def run_loop(trainer: Trainer, callbacks: Sequence[Callback]) -> None:
             epoch = trainer.step // spe
             for cb in callbacks:
                 cb.on_epoch_start(trainer, epoch)
-            for views in trainer.data.epoch(epoch, trainer.step - epoch * spe):
-                stats = trainer.train_step(views, trainer.data.cutmix_generator(trainer.step))
-                n_images = views[0].shape[0] * dist.world_size()
+            for batch in trainer.data.epoch(epoch, trainer.step - epoch * spe):
+                for cb in callbacks:
+                    cb.on_batch(trainer, batch)
+                gen = trainer.data.cutmix_generator(trainer.step)
+                stats = trainer.train_step(batch.views, gen)
+                n_images = batch.views[0].shape[0] * dist.world_size()
                 for cb in callbacks:
                     cb.on_step(trainer, stats, n_images)
                 if trainer.step >= trainer.total_steps:

@@ -73,6 +73,12 @@ class OnlineProbe(nn.Module):
         finally:
             torch.set_num_threads(threads)
 
+    @property
+    def trained(self) -> bool:
+        """Whether the probe took at least one step (its optimiser holds momentum then; a
+        resumed probe keeps it): an untrained probe's score means nothing."""
+        return bool(self.optimizer.state)
+
     @torch.no_grad()
     def top1(self, feats: torch.Tensor, labels: torch.Tensor) -> float:
         """Top-1 accuracy in percent on feats [N, D] with labels [N] (eval mode; one host read)."""

@@ -5,9 +5,11 @@ end as ``probe/linear_top1`` (metrics.csv, the progress bar, the report).
 The features come from a forward hook on the online backbone that keeps the first output of
 each step's online forward (grad enabled, training mode; the diagnostics and the evaluation
 run without grad, the target's copy is another module), detached: no second backbone forward
-and no change to the step. The labels are the training data's ``batch_labels``; with CutMix
-(the first view is mixed) the target mixes the two images' labels by area, as CutMix trains a
-classifier. Nothing is read back to the host between epoch ends.
+and no change to the step. The labels come with the step's batch (:meth:`on_batch`,
+:class:`~unigrad.data.pipeline.Batch`) on every data path; with CutMix (the first view is
+mixed) the target mixes the two images' labels by area, as CutMix trains a classifier. The
+probe is built only where the batches carry labels and an eval split exists, and a probe that
+has not trained reports nothing. Nothing is read back to the host between epoch ends.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from unigrad.core import dist
 from unigrad.engine.callbacks.base import Callback
 
 if TYPE_CHECKING:
+    from unigrad.data.pipeline import Batch
     from unigrad.engine.trainer import Trainer
 
 METRIC = "probe/linear_top1"
@@ -33,6 +36,7 @@ class OnlineProbeMonitor(Callback):
 
     def __init__(self) -> None:
         self.feats: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None  # the labels of the batch being trained on
         self._hook: Any = None
 
     def _capture(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
@@ -48,16 +52,19 @@ class OnlineProbeMonitor(Callback):
         self.feats = None
         self._hook = trainer.model.encoder.backbone.register_forward_hook(self._capture)
 
+    def on_batch(self, trainer: Trainer, batch: Batch) -> None:
+        self.labels = batch.labels
+
     def on_step(self, trainer: Trainer, stats: dict[str, torch.Tensor], n_images: int) -> None:
         feats, self.feats = self.feats, None
-        labels = trainer.data.batch_labels
+        labels, self.labels = self.labels, None
         if feats is not None and labels is not None and trainer.parts.probe is not None:
             trainer.parts.probe.train_on(feats, labels, trainer.parts.mix)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         probe, data = trainer.parts.probe, trainer.eval_data
-        if probe is None or data is None:
-            return
+        if probe is None or data is None or not probe.trained:
+            return  # no number from a probe that never trained: it would read as chance
         # every rank extracts its shard of the eval split (a collective); rank 0 scores
         feats, labels = data.held_features(trainer.model.encoder.backbone, trainer.device)
         if not dist.is_main():
