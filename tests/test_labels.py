@@ -32,6 +32,7 @@ CPU = torch.device("cpu")
 #: recipe without colour changes: a view's mean colour still names its class
 PLAIN = {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0}
 RUN = {"amp": "off", "knn_every": 0, "diag_every": 0, "log_every": 1, "workers": 0}
+FIT = {"knn_baseline": False, "final_linear_epochs": 0}  # the final kNN alone
 
 
 def colour_images(n_per_class: int, size: int = 16, seed: int = 0) -> list[tuple[np.ndarray, int]]:
@@ -157,16 +158,12 @@ def _train(folder: Path, out: Path, steps: int, prepare=None) -> Trainer:
     cfg = build_config(
         TINY,
         {"data": str(folder), "out": str(out), "batch_size": 8, **RUN},
-        {"pipeline": "standard", "max_steps": steps, "epochs": 10},
+        {"pipeline": "standard", "max_steps": steps, "epochs": 10, **FIT},
     )
     tr = Trainer(cfg, show_progress=False)
     if prepare is not None:
         prepare(tr)
-    tr._open_run()
-    try:
-        tr.train()
-    finally:
-        tr.close()
+    tr.fit()
     return tr
 
 
