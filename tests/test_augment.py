@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from sampled import sampled_params
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
@@ -16,7 +17,6 @@ from unigrad.data.augment import (
     cutmix,
     parse_multi_crop,
     sample_view_params,
-    sampled_params,
 )
 from unigrad.data.datasets import MEAN, STD
 from unigrad.errors import UserError

@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 from PIL import Image
+from sampled import sampled_params
 from torch.utils.data import DataLoader, Dataset
 
 from unigrad.config import build_config, load_yaml, parse_set
@@ -15,7 +16,6 @@ from unigrad.data.augment import (
     FastAugment,
     MultiViewTransform,
     ViewsDataset,
-    sampled_params,
 )
 from unigrad.errors import UserError
 

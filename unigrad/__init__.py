@@ -26,13 +26,10 @@ from unigrad.core.objective import Mix, Objective
 from unigrad.core.spec import Form, MethodSpec, Param
 from unigrad.core.targets import TargetBranch, TargetOut, cosine_momentum
 from unigrad.core.term import Step, Term
-from unigrad.data.augment import (
-    AugmentSpec,
-    FastAugment,
-    MultiViewTransform,
-    ViewsDataset,
-    cutmix,
-)
+from unigrad.data.batched import FastAugment
+from unigrad.data.per_image import MultiViewTransform, ViewsDataset
+from unigrad.data.recipe import AugmentSpec
+from unigrad.engine.cutmix import cutmix
 from unigrad.engine.trainer import Trainer
 from unigrad.errors import UserError
 from unigrad.eval.export import export_backbone, export_safetensors, load_exported_backbone

@@ -2,12 +2,12 @@
 the rest of the recipe.
 
 Per image, a worker draws every view's parameters from (seed, epoch, index)
-(:func:`~unigrad.data.augment.sample_view_params`, the fast pipeline's sampler), reads the file
+(:func:`~unigrad.data.draws.sample_view_params`, the fast pipeline's sampler), reads the file
 and decodes it at the smallest JPEG DCT scale (1/2, 1/4, 1/8: PIL's ``draft``) that still gives
 each crop at least its output side in pixels, then cuts and resizes each crop (PIL, bilinear
 with antialiasing, continuous box) into uint8 [3, s, s]. The rest of each view (flip, colour
 jitter, grayscale, blur, solarize, normalisation) runs on the whole batch with the batched
-kernels (:func:`~unigrad.data.augment.finish_view`): in the worker when training on the CPU, on
+kernels (:func:`~unigrad.data.batched.finish_view`): in the worker when training on the CPU, on
 the device otherwise, so only uint8 crops cross to the GPU (pinned memory).
 
 With ``raw`` (``decode: device``) a worker sends the file's bytes instead, and the batch is
@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from unigrad.data import kernels as K
-from unigrad.data.augment import AugmentSpec, ViewParams, finish_view, sample_view_params
+from unigrad.data.batched import finish_view
 from unigrad.data.datasets import (
     DECODE_ERRORS,
     SafeImageFolder,
@@ -44,6 +44,8 @@ from unigrad.data.datasets import (
     to_rgb,
     warn_skipped,
 )
+from unigrad.data.draws import ViewParams, sample_view_params
+from unigrad.data.recipe import AugmentSpec
 from unigrad.errors import UserError
 
 #: JPEG end-of-image marker: raw bytes without it are decoded (and checked) in the worker.

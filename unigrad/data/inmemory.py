@@ -3,7 +3,7 @@
 For data that fits in memory (CIFAR, STL-10 scale): decoding 45,000 32 px JPEGs takes seconds
 (torchvision.io's libjpeg, ~3x faster than PIL on small images, PIL for other formats and once
 torchvision drops its deprecated decoders), a cached split loads in well under a second,
-and the fast pipeline (:class:`unigrad.data.augment.FastAugment`) augments whole batches of it.
+and the fast pipeline (:class:`unigrad.data.batched.FastAugment`) augments whole batches of it.
 ``pipeline: auto`` uses :func:`choose_pipeline` to pick it when the split fits. A source's
 :meth:`~unigrad.data.sources.Source.load_uint8` gives its split in this form (folders through
 :func:`load_folder`, with the cache).

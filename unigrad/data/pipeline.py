@@ -4,7 +4,7 @@ Three kinds, one interface (:class:`TrainData`):
 
 * ``fast`` (:class:`FastData`): the training split decoded once into a uint8 tensor
   [N, 3, H, W] (:meth:`~unigrad.data.sources.Source.load_uint8`); whole batches are augmented
-  as tensors (:class:`unigrad.data.augment.FastAugment`) with a generator seeded by
+  as tensors (:class:`unigrad.data.batched.FastAugment`) with a generator seeded by
   (seed, step, rank);
 * ``standard`` on an image folder (:class:`CropData`, :mod:`unigrad.data.crops`): persistent
   workers cut uint8 crops from a reduced JPEG decode, the rest of the recipe runs on whole
@@ -40,9 +40,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from unigrad.config import Config
 from unigrad.core import dist
-from unigrad.data import augment, crops, inmemory
+from unigrad.data import crops, inmemory
 from unigrad.data import datasets as data
+from unigrad.data.batched import FastAugment
 from unigrad.data.evaluation import EvalData, check_same_classes
+from unigrad.data.per_image import ViewsDataset
+from unigrad.data.recipe import AugmentSpec
 from unigrad.data.sources import Source, source_from_config
 from unigrad.data.user_data import DatasetSource
 from unigrad.engine.run_config import compile_backend
@@ -93,7 +96,7 @@ class TrainData:
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
-        self.spec = augment.AugmentSpec.from_config(cfg)
+        self.spec = AugmentSpec.from_config(cfg)
         self.n_views = len(self.spec.views())
         self._probe: list[torch.Tensor] | None = None
 
@@ -186,7 +189,7 @@ class FastData(TrainData):
             self.draw_device = device
         # compile: step (auto is step on a GPU) compiles the masked ops there too
         compiled = device_draws and device.type == "cuda" and cfg.compile in ("step", "auto")
-        self.aug = augment.FastAugment(
+        self.aug = FastAugment(
             self.spec,
             channels_last=cfg.channels_last,
             device_draws=device_draws,
@@ -217,7 +220,7 @@ class LoaderData(TrainData):
 
     def __init__(self, cfg: Config, device: torch.device, base: Dataset) -> None:
         super().__init__(cfg, device)
-        self.dataset = augment.ViewsDataset(base, self.spec, cfg.seed)
+        self.dataset = ViewsDataset(base, self.spec, cfg.seed)
         self.steps_per_epoch = self._steps(len(self.dataset))
 
     def _loader(self, dataset: Any, **batching: Any) -> DataLoader:

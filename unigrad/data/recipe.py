@@ -17,6 +17,10 @@ from unigrad.errors import UserError
 
 #: The op probabilities that may be given per view (AugmentSpec / Config keys).
 PROB_KEYS = ("jitter_p", "gray_p", "blur_p", "solarize_p")
+#: The recipe's fixed ranges: crop aspect ratio (w / h), blur sigma, solarize threshold.
+ASPECT = (3 / 4, 4 / 3)
+SIGMA = (0.1, 2.0)
+SOLARIZE_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)

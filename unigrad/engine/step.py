@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from unigrad.core.objective import Mix
+from unigrad.engine.cutmix import cutmix as mix_views
 from unigrad.engine.optim import set_lr
 from unigrad.engine.parts import RunParts
 from unigrad.engine.profiling import NullTimer
@@ -19,8 +20,6 @@ def mixed_views(
     the views."""
     if not cutmix:
         return views, None
-    from unigrad.data.augment import cutmix as mix_views
-
     with timer("cutmix"):
         online_views, perm, ratio = mix_views(views, gen)
     return online_views, Mix(perm, ratio)
