@@ -13,6 +13,12 @@ class UserError(Exception):
     """
 
     def __init__(self, message: str, exit_code: int = 2) -> None:
+        # Raised in a DataLoader worker, it comes back re-created from a message that wraps the
+        # worker's traceback ("Caught UserError in DataLoader worker process 0. Original
+        # Traceback ... unigrad.errors.UserError: <message>"): keep the message only.
+        marker = f"\n{type(self).__module__}.{type(self).__qualname__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message.rsplit(marker, 1)[1].rstrip("\n")
         super().__init__(message)
         self.exit_code = exit_code
 

@@ -42,7 +42,6 @@ from unigrad.data.datasets import (
     load_rgb,
     mix_seed,
     to_rgb,
-    warn_skipped,
 )
 from unigrad.data.draws import ViewParams, sample_view_params
 from unigrad.data.recipe import AugmentSpec
@@ -156,8 +155,7 @@ class CropViews(Dataset):
             except DECODE_ERRORS as e:
                 if f.bad_images == "fail":
                     raise bad_image_error(path, e) from None
-                f.bad[path] = f"{type(e).__name__}: {e}"
-                warn_skipped(path, e)
+                f.bad.add(path, e)
         raise UserError(f"no readable image in {f.root}; check the files (e.g. open one)")
 
     def _read(self, path: str, label: int, epoch: int, index: int) -> Item:

@@ -14,6 +14,8 @@ pipeline's batches.
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import queue
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -103,16 +105,65 @@ def bad_image_error(path: str, err: BaseException) -> UserError:
     )
 
 
-def warn_skipped(path: str, err: BaseException) -> None:
-    warnings.warn(f"skipping unreadable image {path} ({type(err).__name__}: {err})", stacklevel=3)
+#: The unreadable files this process has warned about (each once, whichever split met it).
+_WARNED: set[str] = set()
+
+
+def warn_skipped(path: str, err: BaseException | str) -> None:
+    """Warn that ``path`` is skipped, once per file and process."""
+    if path in _WARNED:
+        return
+    _WARNED.add(path)
+    reason = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    warnings.warn(f"skipping unreadable image {path} ({reason})", stacklevel=3)
+
+
+class BadImages:
+    """The unreadable files of one dataset, met in this process or in its DataLoader workers.
+
+    A worker sends each file it finds unreadable to the main process (a queue, inherited with
+    the dataset); :meth:`collect` there takes them in, so every file is warned about once,
+    however many workers met it, and :meth:`__len__` counts the files found so far.
+    """
+
+    def __init__(self) -> None:
+        self.found: dict[str, str] = {}  # path -> reason, as this process knows them
+        self._queue: Any = mp.get_context().Queue()
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.found
+
+    def __len__(self) -> int:
+        self.collect()
+        return len(self.found)
+
+    def add(self, path: str, err: BaseException) -> None:
+        """Record ``path``: warn here (main process) or report it (a worker)."""
+        reason = f"{type(err).__name__}: {err}"
+        self.found[path] = reason
+        if torch.utils.data.get_worker_info() is None:
+            warn_skipped(path, reason)
+        else:
+            self._queue.put((path, reason))
+
+    def collect(self) -> None:
+        """Take in the files the workers reported (main process), warning once per new file."""
+        while True:
+            try:
+                path, reason = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if path not in self.found:
+                self.found[path] = reason
+                warn_skipped(path, reason)
 
 
 class SafeImageFolder(datasets.ImageFolder):
     """ImageFolder with RGB decoding, empty-class checks and unreadable-file handling.
 
     An unreadable file is replaced by the next readable sample (index + 1, + 2, ... mod N), so
-    a given index always yields the same sample. ``n_skipped`` counts the distinct bad files this
-    process met (each DataLoader worker keeps its own count; warnings come from the workers).
+    a given index always yields the same sample. ``n_skipped`` counts the distinct bad files met
+    so far, also by DataLoader workers (:class:`BadImages`, ``bad``: one warning per file).
 
     Args:
         root: a split folder, ``root/<class>/<image>``.
@@ -136,7 +187,7 @@ class SafeImageFolder(datasets.ImageFolder):
                 f"({', '.join(datasets.folder.IMG_EXTENSIONS)}) or remove the folder(s)"
             )
         self.bad_images = bad_images
-        self.bad: dict[str, str] = {}
+        self.bad = BadImages()
 
     @property
     def n_skipped(self) -> int:
@@ -153,8 +204,7 @@ class SafeImageFolder(datasets.ImageFolder):
             except DECODE_ERRORS as e:
                 if self.bad_images == "fail":
                     raise bad_image_error(path, e) from None
-                self.bad[path] = f"{type(e).__name__}: {e}"
-                warn_skipped(path, e)
+                self.bad.add(path, e)
                 continue
             if self.transform is not None:
                 img = self.transform(img)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.transforms import v2
 
 from unigrad.core import dist
-from unigrad.data.datasets import MEAN, STD
+from unigrad.data.datasets import MEAN, STD, BadImages
 from unigrad.data.inmemory import Uint8Split
 from unigrad.data.sources import Source
 from unigrad.errors import UserError
@@ -169,6 +169,11 @@ class EvalData:
         if world > 1:
             ds = Subset(ds, range(rank, n, world))
         feats, labels = extract_features(backbone, self.loader(ds), device, progress=progress)
+        base = ds
+        while hasattr(base, "dataset"):  # Subsets of a split
+            base = base.dataset
+        if isinstance(getattr(base, "bad", None), BadImages):
+            base.bad.collect()  # the workers' unreadable files: one warning each
         return dist.gather_strided(feats, n), dist.gather_strided(labels, n)
 
     @torch.no_grad()

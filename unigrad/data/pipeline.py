@@ -266,6 +266,12 @@ class CropData(TrainData):
         self.workers = crops.default_workers(cfg.workers)
         self.loader: DataLoader | None = None  # built at the first epoch, kept (persistent)
 
+    @property
+    def skipped(self) -> int:  # type: ignore[override]
+        """Unreadable training images met so far (by the workers too): files are decoded as
+        the epochs reach them."""
+        return len(self.dataset.folder.bad)
+
     def _views(self, batch: crops.CropBatch) -> list[torch.Tensor]:
         """A collated batch -> the finished views on the device."""
         if batch.views is not None:

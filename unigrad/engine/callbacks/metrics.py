@@ -22,8 +22,9 @@ SHOWN_LATEST = {"probe/linear_top1": "probe"}
 
 class MetricsLog(Callback):
     """Means of the step statistics every ``log_every`` steps (and at the last step), with lr,
-    EMA momentum and img/s; between those boundaries nothing is read from the device. A
-    non-finite loss (the step's device flag) or mean stops the run (exit 3)."""
+    EMA momentum, img/s and, when it grew, ``data/skipped_images``; between those boundaries
+    nothing is read from the device. A non-finite loss (the step's device flag) or mean stops
+    the run (exit 3)."""
 
     def __init__(self, log_every: int, show_progress: bool = True) -> None:
         self.log_every = log_every
@@ -31,8 +32,10 @@ class MetricsLog(Callback):
         self.window: dict[str, list[torch.Tensor]] = {}
         self.bar: tqdm | None = None
         self.t0, self.n_img = time.perf_counter(), 0
+        self.skipped = 0  # unreadable training images logged so far
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        self.skipped = trainer.data.skipped  # what the run's start logged
         self.bar = tqdm(
             total=trainer.total_steps,
             initial=trainer.step,
@@ -72,6 +75,9 @@ class MetricsLog(Callback):
         means["lr"] = trainer.parts.lr[trainer.step - 1]
         means["momentum"] = trainer.parts.momentum[trainer.step - 1]
         means["img_per_s"] = img_s
+        if trainer.data.skipped != self.skipped:  # a folder's files are met as epochs go
+            self.skipped = trainer.data.skipped
+            means["data/skipped_images"] = float(self.skipped)
         trainer.log_metrics(means)
         return means
 
