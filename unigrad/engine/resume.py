@@ -27,6 +27,7 @@ import torch
 from unigrad.config import keys_tagged, save_config
 from unigrad.core import dist
 from unigrad.engine import checkpoint as ckpt
+from unigrad.engine.files import atomic_write
 from unigrad.engine.runlog import RunLog
 from unigrad.errors import UserError
 
@@ -205,6 +206,32 @@ def open_run(out: Path, cfg: Any, *, resumed: bool, step: int, skipped: int) -> 
             save_config(cfg, out / "config.yaml")
         log.log(0, 0.0, {"data/skipped_images": float(skipped)})
     return lock, log
+
+
+def set_aside_unreadable(out: Path, resumed_from: Path) -> list[Path]:
+    """After a resume that fell back past unreadable checkpoints (rank 0, under the lock): each
+    one newer than ``resumed_from`` is renamed ``NAME.ckpt.corrupt`` (kept for inspection, no
+    longer found), and ``last.ckpt``, when it was one, becomes a copy of ``resumed_from``, so the
+    run's ``last.ckpt`` loads (kNN, export, the next resume) without a warning. Returns the
+    renamed files."""
+    moved = []
+    for p in ckpt.candidates(out):
+        if p == resumed_from:
+            break
+        try:
+            ckpt.load_checkpoint(p)
+            continue  # readable (written since): not this function's business
+        except ckpt.CheckpointError:
+            pass
+        aside = p.with_name(p.name + ".corrupt")
+        os.replace(p, aside)
+        moved.append(aside)
+        if p.name == "last.ckpt":
+            atomic_write(p, resumed_from.read_bytes(), "free some space, then resume again")
+    if moved:
+        names = ", ".join(m.name for m in moved)
+        print(f"note: unreadable checkpoints set aside as {names}", file=sys.stderr)
+    return moved
 
 
 def check_shared(out: Path) -> None:

@@ -44,6 +44,7 @@ from unigrad.engine.resume import (
     load_resume_state,
     open_run,
     refuse_if_locked,
+    set_aside_unreadable,
 )
 from unigrad.engine.runlog import RunLog
 from unigrad.errors import UserError
@@ -162,6 +163,8 @@ class Trainer:
                 step=self.step,
                 skipped=self.data.skipped,
             )
+            if self.resumed_from is not None and dist.is_main():
+                set_aside_unreadable(self.out, self.resumed_from)
 
     def close(self) -> None:
         """Close the run log and release the run directory's lock (also released when the
