@@ -7,6 +7,7 @@ and cosine_schedule are TargetBranch.update and cosine_momentum here.
 """
 
 import argparse
+import sys
 
 import torch
 import torchvision
@@ -34,6 +35,8 @@ objective = Objective("byol", "loss", dim=256)
 views = MultiViewTransform(image_size=32, blur_p=[1.0, 0.1], solarize_p=[0.0, 0.2])
 data = torchvision.datasets.ImageFolder(args.data, transform=views)
 loader = DataLoader(data, args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers)
+if not len(loader):  # drop_last and fewer images than one batch: no step would ever run
+    sys.exit(f"error: {args.data}: {len(data)} images, fewer than --batch-size {args.batch_size}")
 params = [*encoder.parameters(), *predictor.parameters(), *objective.parameters()]
 opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
 momentum = cosine_momentum(0.99, 1.0, args.steps)

@@ -7,6 +7,7 @@ The gradient form of the same method is one argument away: Objective("simclr", "
 """
 
 import argparse
+import sys
 
 import torch
 import torchvision
@@ -30,6 +31,8 @@ objective = Objective("simclr", "loss", dim=128, tau=0.2)  # stateless: nothing 
 
 data = torchvision.datasets.ImageFolder(args.data, transform=MultiViewTransform(image_size=32))
 loader = DataLoader(data, args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers)
+if not len(loader):  # drop_last and fewer images than one batch: no step would ever run
+    sys.exit(f"error: {args.data}: {len(data)} images, fewer than --batch-size {args.batch_size}")
 params = [*encoder.parameters(), *objective.parameters()]  # the objective's: learnable loss parts
 opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
 

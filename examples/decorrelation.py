@@ -8,6 +8,7 @@ value means nothing, so log objective.stats. The loss form is Objective("barlow_
 """
 
 import argparse
+import sys
 
 import torch
 import torchvision
@@ -31,6 +32,8 @@ objective = Objective("barlow_twins", "grad", "f", dim=1024)  # lambda 0.005 (`u
 
 data = torchvision.datasets.ImageFolder(args.data, transform=MultiViewTransform(image_size=32))
 loader = DataLoader(data, args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers)
+if not len(loader):  # drop_last and fewer images than one batch: no step would ever run
+    sys.exit(f"error: {args.data}: {len(data)} images, fewer than --batch-size {args.batch_size}")
 params = [*encoder.parameters(), *objective.parameters()]  # the objective's: learnable loss parts
 opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
 

@@ -4,6 +4,7 @@ python examples/unigrad_loop.py --data ../shared/data/cifar10/train --steps 100
 """
 
 import argparse
+import sys
 
 import torch
 import torchvision
@@ -31,6 +32,8 @@ objective = Objective("unigrad", "grad", dim=512)  # lambda, rho: defaults (see 
 views = MultiViewTransform(image_size=32)  # PIL image -> [view0, view1], each [3, 32, 32]
 data = torchvision.datasets.ImageFolder(args.data, transform=views)
 loader = DataLoader(data, args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers)
+if not len(loader):  # drop_last and fewer images than one batch: no step would ever run
+    sys.exit(f"error: {args.data}: {len(data)} images, fewer than --batch-size {args.batch_size}")
 params = [*encoder.parameters(), *objective.parameters()]  # the objective's: learnable loss parts
 opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
 momentum = cosine_momentum(0.99, 1.0, args.steps)  # per-step EMA momentum, [steps]
@@ -50,4 +53,5 @@ while step < args.steps:
         print(f"step {step}: positive cosine {objective.stats['pos_sim']:.3f}")
         if step == args.steps:
             break
-torch.save({"encoder": encoder.state_dict(), "objective": objective.state_dict()}, args.out)
+state = {"encoder": encoder, "target": target, "objective": objective}  # target: the EMA copy
+torch.save({k: m.state_dict() for k, m in state.items()}, args.out)

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -17,17 +18,19 @@ def test_one_example_per_family_each_short():
         assert len(p.read_text().splitlines()) < 60, p.name
 
 
-def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run ``python ARGS`` in ``cwd`` with only this checkout importable; assert it exits 0."""
+def _python(
+    args: list[str], cwd: Path, code: int = 0, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` in ``cwd`` with only this checkout importable; assert its exit code."""
     p = subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         env={"PYTHONPATH": str(ROOT)},
     )
-    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.returncode == code, p.stderr[-2000:]
     return p
 
 
@@ -38,6 +41,18 @@ def test_example_trains_two_steps(script, tiny_folder, tmp_path):
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("step ")]
     assert [ln.split(":")[0] for ln in lines] == ["step 1", "step 2"], p.stdout
     assert "nan" not in p.stdout
+    if script.stem == "unigrad_loop":  # the EMA target is saved with the encoder (issue 45)
+        saved = torch.load(tmp_path / "unigrad_loop.pt", weights_only=True)
+        assert saved["target"].keys() == {f"net.{k}" for k in saved["encoder"]}
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
+def test_example_refuses_a_folder_smaller_than_one_batch(script, tiny_folder, tmp_path):
+    """48 images and a batch of 64: one line, where the loader (drop_last) was empty and the
+    loop waited for a step forever (issue 45 item 10)."""
+    args = [str(script), "--data", str(tiny_folder / "train"), "--batch-size", "64"]
+    p = _python([*args, "--workers", "0"], tmp_path, code=1, timeout=300)
+    assert p.stderr.count("\n") == 1 and "fewer than --batch-size 64" in p.stderr
 
 
 def test_the_readme_loop_runs(tiny_folder, tmp_path):
