@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import os
 import sys
 from dataclasses import dataclass, fields, replace
@@ -22,6 +23,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from unigrad.core.errors import HyperparameterError
 from unigrad.core.objective_config import ObjectiveConfig
 from unigrad.core.section import TAGS, Section
 from unigrad.data.data_config import DataConfig
@@ -206,6 +208,7 @@ def _method_defaults(
     it: an optimiser key set by a later layer wins over it."""
     merged: dict[str, dict[str, Any]] = {}
     origin: dict[tuple[str, str], int] = {}
+    optim = OmegaConf.structured(OptimConfig)
     for i, layer in enumerate(layers):
         block = layer.get("method_defaults") or {}
         if not isinstance(block, dict):
@@ -227,9 +230,29 @@ def _method_defaults(
                     f"it takes {', '.join(params) or 'none'} (`unigrad methods`) and the "
                     "optimiser keys (the optim section: README, Configuration)",
                 )
+                _check_method_default(name, k, values[k], params.get(k), optim)
                 origin[(name, k)] = i
             merged.setdefault(name, {}).update(values)
     return merged, origin
+
+
+def _check_method_default(method: str, key: str, value: Any, param: Any, optim: Any) -> None:
+    """A ``method_defaults`` value of the wrong type or out of its range is the preset's mistake
+    (an error), whatever the run; one that does not fit the rest of a run gives way later."""
+    where = f"method_defaults.{method}.{key}"
+    if param is not None:
+        try:
+            param.resolve(key, value, None, 0)
+        except HyperparameterError as e:
+            raise UserError(f"{where}: {e}; fix the preset") from None
+        return
+    try:
+        OmegaConf.merge(optim, {key: value})
+    except OmegaConfBaseException as e:
+        msg = str(e.msg).splitlines()[0]
+        raise UserError(f"{where}: {msg}; fix the preset") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where} must be a finite number, got {value}; fix the preset")
 
 
 def build_config(*layers: dict[str, Any]) -> Config:
@@ -301,7 +324,14 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Each section's own check, then what spans sections; the message names the key."""
+    """Each section's own check, then what spans sections; the message names the key. No float
+    setting may be nan or inf (nan passes every ``> 0`` check)."""
+    for f in fields(Config):
+        v = getattr(cfg, f.name)
+        _check(
+            not isinstance(v, float) or math.isfinite(v),
+            f"{f.name} must be a finite number, got {v}",
+        )
     ObjectiveConfig.check(
         cfg, n_views=_n_views(cfg.multi_crop), cutmix=cfg.cutmix, dim=cfg.proj_dim
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ JSON_HELP = "print one JSON object: top1, top5 (percent), n_train, n_eval, ..."
 def _positive(kind: type) -> Any:
     def parse(text: str) -> Any:
         v = kind(text)
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not math.isfinite(v) or v <= 0:  # nan passes "<= 0"
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
         return v
 
     return parse

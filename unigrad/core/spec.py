@@ -18,6 +18,7 @@ negative term above C = 512: UniGrad collapses at widths 1024 and 2048 in 700 st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -59,6 +60,8 @@ class Param:
             value = self.cast(value)
         except (TypeError, ValueError):
             raise HyperparameterError(f"{name} must be {self.rule}, got {value!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):  # nan passes any comparison
+            raise HyperparameterError(f"{name} must be a finite number {self.rule}, got {value!r}")
         if self.check is not None and not self.check(value):
             raise HyperparameterError(f"{name} must be {self.rule}, got {value!r}")
         return value

@@ -24,9 +24,10 @@ from unigrad.core.targets import TargetBranch, cosine_momentum
 from unigrad.data.pipeline import TrainData
 from unigrad.engine.device import resolve_amp
 from unigrad.engine.optim import build_optimizer, clip_grad_norm, lr_schedule, wd_schedule
+from unigrad.errors import UserError
 from unigrad.eval.online_probe import OnlineProbe, backbone_width
 from unigrad.methods import get_method
-from unigrad.models.networks import SiameseModel, model_from_config
+from unigrad.models.networks import SiameseModel, is_timm, model_from_config
 
 
 @dataclass
@@ -125,6 +126,44 @@ def note_small_views(cfg: Config, smallest: int) -> None:
         )
 
 
+def check_view_sizes(backbone: nn.Module, cfg: Config, sizes: set[int]) -> None:
+    """A timm backbone that takes one input size only (a ViT's fixed patch grid) and views of
+    other sizes (``multi_crop``'s local views): one line here, where timm's assertion would stop
+    the first step. Each other size is tried once, on one blank image (eval mode, no grad)."""
+    other = sorted(sizes - {cfg.image_size})
+    if not (other and is_timm(cfg.backbone)):
+        return
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            for size in other:
+                try:
+                    backbone(torch.zeros(1, 3, size, size))
+                except (AssertionError, RuntimeError) as e:
+                    why = (str(e).splitlines() or [type(e).__name__])[0]
+                    raise UserError(
+                        f"backbone {cfg.backbone} takes {cfg.image_size} px inputs only ({why}) "
+                        f"and multi_crop {cfg.multi_crop!r} has views of {size} px; drop "
+                        "--multi-crop or choose a backbone that takes any size (a ResNet)"
+                    ) from None
+    finally:
+        backbone.train(was_training)
+
+
+def sync_batch_norm(model: nn.Module, sync_bn: bool, device: torch.device) -> nn.Module:
+    """``model`` with synchronised batch norm when ``sync_bn`` in a distributed run; refused on
+    the CPU (torch's SyncBatchNorm runs on GPUs only)."""
+    if not (sync_bn and dist.is_dist()):
+        return model
+    if device.type == "cpu":
+        raise UserError(
+            "sync_bn needs GPUs (torch's SyncBatchNorm does not run on the CPU) and this run "
+            "trains on the CPU; remove sync_bn=true or train on CUDA"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def build_parts(
     cfg: Config,
     device: torch.device,
@@ -141,11 +180,11 @@ def build_parts(
     model = model_from_config(
         cfg, predictor=spec.predictor == "mlp", backbone=backbone, feat_dim=feat_dim
     )
+    sizes = {v.size for v in data.spec.views()}
     if backbone is None:
-        note_small_views(cfg, min(v.size for v in data.spec.views()))
-    if cfg.sync_bn and dist.is_dist():
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
+        note_small_views(cfg, min(sizes))
+        check_view_sizes(model.encoder.backbone, cfg, sizes)
+    model = sync_batch_norm(model, cfg.sync_bn, device).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     target = TargetBranch(
