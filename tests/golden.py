@@ -92,7 +92,7 @@ def run(case: dict) -> list[float]:
 
     torch.manual_seed(0)
     method = METHODS[case["method"]]
-    model = _model(method.predictor == "mlp").double()
+    model = _model(method.needs.has_predictor).double()
     kind = case.get("target") or method.target
     target = TargetBranch(kind, model.encoder, snapshot_every=3).double()
     hp = {k: case[k] for k in ("corr_source",) if k in case}

@@ -80,7 +80,6 @@ def one_row_method(name: str, term: Term, **params: Param) -> MethodSpec:
         family="user",
         description=name,
         target="stopgrad",
-        predictor="none",
         loss=None,
         grads={"x": form},
         default_form="grad",

@@ -55,7 +55,7 @@ def build(method):
     enc = Encoder(nn.Sequential(nn.Linear(D, 16), nn.ReLU()), nn.Linear(16, C))
     pred = (
         nn.Sequential(nn.Linear(C, 4), nn.ReLU(), nn.Linear(4, C))
-        if METHODS[method].predictor == "mlp"
+        if METHODS[method].needs.has_predictor
         else None
     )
     return SiameseModel(enc, pred).double()

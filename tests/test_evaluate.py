@@ -144,7 +144,7 @@ def test_class_balanced_subset_is_balanced_and_seeded():
 
 
 def test_load_backbone_builds_the_configured_network(tmp_path):
-    path = tiny_checkpoint(tmp_path / "a.ckpt", predictor=True)
+    path = tiny_checkpoint(tmp_path / "a.ckpt", predictor=True, method="byol")
     backbone, cfg = load_backbone(path)
     assert not backbone.training
     assert cfg["width"] == 0.125 and cfg["proj_dim"] == 32

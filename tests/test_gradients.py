@@ -97,7 +97,7 @@ def test_every_method_form_variant_runs(method, form, variant, target):
     kw = {"bank_size": 16} if "bank_size" in METHODS[method].params else {}
     obj = Objective(method, form, variant, dim=8, **kw)
     pred = None
-    if METHODS[method].predictor == "mlp":
+    if METHODS[method].needs.has_predictor:
         pred = [x * 1.1 for x in z]
     if target == "shared":
         tg = TargetOut(pos=z, neg=z)

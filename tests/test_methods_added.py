@@ -66,7 +66,7 @@ def _grad(obj, z, t, p, mix=None):
     zz = [x.detach().clone().requires_grad_(True) for x in z]
     pp = [x.detach().clone().requires_grad_(True) for x in p]
     obj(zz, targets=TargetOut(pos=t, neg=t), pred=pp, mix=mix).backward()
-    return torch.cat([x.grad for x in (pp if obj.spec.predictor == "mlp" else zz)])
+    return torch.cat([x.grad for x in (pp if obj.spec.needs.has_predictor else zz)])
 
 
 @pytest.mark.parametrize("method", ["mocov3", "nnclr"])
@@ -170,31 +170,31 @@ class _Scalar(nn.Module):
         self.value = nn.Parameter(torch.tensor(v))
 
 
+#: a test method written as a user would: InfoNCE with a learnable log-temperature
+LEARNED_TAU = MethodSpec(
+    name="learned_tau",
+    family="test",
+    description="InfoNCE with a learned temperature",
+    target="shared",
+    loss=Form(
+        key="loss",
+        kind="loss",
+        row="",
+        norm="l2",
+        pos_grad="-u2/tau",
+        neg_grad="softmax",
+        term=LearnedTemperature("loss"),
+    ),
+    params={"tau": TAU},
+)
+
+
 def test_learnable_objective_parameters_train_and_are_checkpointed(tmp_path, tiny_folder):
     from unigrad.config import build_config
     from unigrad.engine.checkpoint import load_checkpoint
     from unigrad.engine.trainer import Trainer
 
-    register(
-        MethodSpec(
-            name="learned_tau",
-            family="test",
-            description="InfoNCE with a learned temperature",
-            target="shared",
-            predictor="none",
-            loss=Form(
-                key="loss",
-                kind="loss",
-                row="",
-                norm="l2",
-                pos_grad="-u2/tau",
-                neg_grad="softmax",
-                term=LearnedTemperature("loss"),
-            ),
-            params={"tau": TAU},
-        ),
-        replace=True,
-    )
+    register(LEARNED_TAU, replace=True)
     try:
         cfg = build_config(
             TINY,

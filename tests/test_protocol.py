@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from unigrad.cli import main
+from unigrad.config import build_config, to_dict
 from unigrad.data.evaluation import eval_transform
 from unigrad.data.sources import FolderSource
 from unigrad.engine.checkpoint import save_checkpoint
@@ -105,18 +106,18 @@ def test_linear_scores_counts_and_device(feats):
 
 
 def test_random_init_backbone_is_seeded_and_leaves_the_rng_alone():
-    args = (TINY["backbone"], TINY["width"], TINY["cifar_stem"])
+    record = to_dict(build_config(TINY, {"seed": 2}))
     state = torch.random.get_rng_state()
-    a = random_init_backbone(*args, image_size=16, norm="bn", seed=2).state_dict()
+    a = random_init_backbone(record).state_dict()
     assert torch.equal(torch.random.get_rng_state(), state)
-    b = random_init_backbone(*args, image_size=16, norm="bn", seed=2).state_dict()
-    c = random_init_backbone(*args, image_size=16, norm="bn", seed=3).state_dict()
+    b = random_init_backbone(record).state_dict()
+    c = random_init_backbone({**record, "seed": 3}).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_random_init_backbone_of_a_custom_module_is_none(capsys):
-    assert random_init_backbone("custom", 1, False, image_size=16, norm="bn", seed=0) is None
+    assert random_init_backbone({"backbone": "custom"}) is None
     assert "custom backbone cannot be rebuilt" in capsys.readouterr().err
 
 

@@ -342,9 +342,9 @@ def validate(cfg: Config) -> None:
         "symmetry=asym2x takes neither multi_crop nor cutmix",
     )
     spec = get_method(cfg.method)
-    learned = [n for n, m in METHODS.items() if m.predictor == "mlp"]
+    learned = [n for n, m in METHODS.items() if m.needs.has_predictor]
     _check(
-        spec.predictor == "mlp" or (cfg.predictor_lr_scale == 1 and not cfg.predictor_fixed_lr),
+        spec.needs.has_predictor or (cfg.predictor_lr_scale == 1 and not cfg.predictor_fixed_lr),
         f"predictor_lr_scale and predictor_fixed_lr apply to methods with a learned predictor "
         f"({', '.join(learned)}), not {cfg.method}; remove them",
     )

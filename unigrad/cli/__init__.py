@@ -53,7 +53,7 @@ def _methods(p: argparse.ArgumentParser) -> None:
             )
             extra = ", ".join(f"{k}={v}" for k, v in spec.train_defaults.items())
             print(
-                f"{'':<13} default form: {spec.default_form}; predictor: {spec.predictor}"
+                f"{'':<13} default form: {spec.default_form}; heads: {spec.needs.describe()}"
                 + (f"; {hp}" if hp else "")
                 + (f"; {extra}" if extra else "")
             )

@@ -77,6 +77,35 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Replace the gradient of each of ``params`` by its mean over ranks, in one collective,
+    as DDP does for the model's: for parameters outside DDP (a term's learned temperature or
+    prototypes, ``Term.modules``). A parameter without a gradient on this rank counts as a zero
+    gradient (and gets one), so every rank takes part with the same shapes. A no-op alone."""
+    if not is_dist() or not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.flatten() for p in params])
+    flat = all_reduce(flat) / world_size()
+    for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
+        p.grad.copy_(g.view_as(p))
+
+
+@torch.no_grad()
+def broadcast_from_main(tensors: list[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` with rank 0's values (a part built outside DDP starts equal on
+    every rank, as DDP makes the model's). A no-op alone."""
+    if not is_dist():
+        return
+    for t in tensors:
+        y = t.detach().to(collective_device(), copy=True)
+        dist.broadcast(y, src=0)
+        t.copy_(y.to(t.device))
+
+
+@torch.no_grad()
 def gather_strided(x: torch.Tensor, n: int) -> torch.Tensor:
     """Undo a strided sharding: rank ``r`` holds items ``r, r + W, r + 2W, ...`` of ``n`` as
     ``x`` [ceil((n - r) / W), ...]; returns all ``n`` items in order, [n, ...], on every rank

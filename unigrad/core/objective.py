@@ -30,6 +30,7 @@ from torch import nn
 
 from unigrad.core import dist
 from unigrad.core import gradients as G
+from unigrad.core.clock import Clock
 from unigrad.core.registry import get_method
 from unigrad.core.samples import CorrelationEMA, MemoryBank
 from unigrad.core.spec import Form, HyperparameterError, MethodSpec
@@ -213,7 +214,7 @@ class Objective(nn.Module):
         targets: TargetOut | list[torch.Tensor] | None = None,
         pred: list[torch.Tensor] | None = None,
         mix: Mix | None = None,
-        step: int | torch.Tensor | None = None,
+        step: Clock | int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The scalar to backpropagate for one step; statistics go to ``self.stats``.
 
@@ -226,10 +227,11 @@ class Objective(nn.Module):
                 target, SimCLR / Barlow Twins / VICReg style).
             pred: predictor outputs [N, C] per view, for methods with a learned predictor.
             mix: CutMix bookkeeping, if the online views were mixed.
-            step: the training step (seen by terms as ``Step.index``, for per-step schedules):
-                an int, or a 0-d integer tensor (``compile: step`` passes one, so a compiled
-                graph has no int input to specialise or to key CUDA graphs on); default: the
-                number of earlier calls of this objective.
+            step: where the run is, seen by terms as ``Step.clock`` and by the method's
+                schedules: a :class:`Clock` (the trainer passes one; under ``compile: step`` its
+                ``step`` is a 0-d integer tensor, so a compiled graph has no int input to
+                specialise or to key CUDA graphs on), or a bare step (int or 0-d tensor: a clock
+                of one-step epochs); default: the number of earlier calls of this objective.
 
         For a gradient form the returned value is a surrogate whose gradient is the paper's
         gradient; its value carries no meaning (log ``self.stats`` instead).
@@ -264,21 +266,23 @@ class Objective(nn.Module):
             cutmix=mix is not None,
             hp=self.hp,
         )
-        if self.spec.predictor == "mlp" and pred is None:
+        if self.spec.needs.has_predictor and pred is None:
             raise ValueError(f"{self.method} needs the predictor outputs: pass pred=[p0, p1, ...]")
         self.after_step()
         if step is None:
-            index, self.calls = self.calls, self.calls + 1
+            clock, self.calls = Clock(self.calls), self.calls + 1
+        elif isinstance(step, Clock):
+            clock = step
         else:
-            index = step if isinstance(step, torch.Tensor) else int(step)
+            clock = Clock(step if isinstance(step, torch.Tensor) else int(step))
         step = Step(
             online=[_fp32(z) for z in views],
             targets=TargetOut([_fp32(t) for t in targets.pos], [_fp32(t) for t in targets.neg]),
             pred=[_fp32(p) for p in pred] if pred is not None else None,
             pairs=pair_views(len(views), self.symmetry),
-            hp=self.hp,
+            hp=self.spec.needs.scheduled(self.hp, clock),
             normalization=self.form.norm,
-            index=index,
+            clock=clock,
             parts=self.parts,
         )
         self._update_sets(step)
@@ -328,7 +332,7 @@ class Objective(nn.Module):
 
     def _pairs(self, step: Step, mix: Mix | None) -> torch.Tensor:
         pos = self._positives(step, mix)
-        anchors = step.pred if self.spec.predictor == "mlp" else step.online
+        anchors = step.pred if self.spec.needs.has_predictor else step.online
         terms = []
         for i, _ in step.pairs:
             u = step.norm(anchors[i])

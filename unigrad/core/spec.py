@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from unigrad.core.errors import HyperparameterError
+from unigrad.core.needs import Needs
 from unigrad.core.term import Term
 
 __all__ = ["REFERENCE_DIM", "Form", "HyperparameterError", "MethodSpec", "Param"]
@@ -153,17 +154,18 @@ class Form:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method: default target branch and predictor, its forms, its hyperparameters.
+    """A method: default target branch, its forms, its hyperparameters, what it needs.
 
     ``train_defaults`` are the method's defaults for engine settings (``momentum_base``,
-    ``predictor_fixed_lr``); ``params`` the hyperparameters its forms take.
+    ``predictor_fixed_lr``); ``params`` the hyperparameters its forms take; ``needs`` its
+    heads, schedules and step actions (:class:`~unigrad.core.needs.Needs`; default: the
+    projector alone, no schedule, no action).
     """
 
     name: str
     family: str
     description: str
     target: str  # default target branch
-    predictor: str  # "none" | "mlp" (learned) | "directpred" (computed from F)
     loss: Form | None
     grads: dict[str, Form] = field(default_factory=dict)
     default_form: str = "loss"
@@ -171,6 +173,7 @@ class MethodSpec:
     params: dict[str, Param] = field(default_factory=dict)
     train_defaults: dict[str, Any] = field(default_factory=dict)
     grad_hint: str = ""  # where to look when the method has no gradient form of its own
+    needs: Needs = field(default_factory=Needs)
 
     @property
     def forms(self) -> tuple[str, ...]:
@@ -219,7 +222,7 @@ class MethodSpec:
             "family": self.family,
             "description": self.description,
             "target": self.target,
-            "predictor": self.predictor,
+            "heads": self.needs.describe(),
             "forms": list(self.forms),
             "default_form": self.default_form,
             "default_grad": self.default_grad,

@@ -2,9 +2,10 @@
 
 A :class:`Term` is the method-specific part of an objective: the positive and negative terms of
 one loss form or one Table 2 row. The generic :class:`unigrad.core.objective.Objective` builds one
-:class:`Step` per call (the step's fp32 views, the sample set, the hyperparameters, the step
-index) and hands it to the term; a term sees nothing else, so it never reaches back into the
-objective. Writing a term is all a new method needs (README: "Adding a method"):
+:class:`Step` per call (the step's fp32 views, the sample set, the hyperparameters, the run's
+:class:`~unigrad.core.clock.Clock`) and hands it to the term; a term sees nothing else, so it
+never reaches back into the objective. Writing a term is all a new method needs (README:
+"Adding a method"):
 
 * ``pair`` terms are called once per (online view, positive) pair with the normalised anchors
   u [N, C] and positives [N, C]; a loss form returns that direction's loss (a scalar), a gradient
@@ -25,6 +26,7 @@ from torch import nn
 
 from unigrad.core import dist
 from unigrad.core import losses as L
+from unigrad.core.clock import Clock
 from unigrad.core.errors import HyperparameterError
 from unigrad.core.targets import TargetOut
 
@@ -33,9 +35,13 @@ from unigrad.core.targets import TargetOut
 class Step:
     """One call of the objective as a term sees it: inputs (fp32), sample set, normalisation.
 
-    ``index`` is the training step (``Objective.forward(..., step=k)``, or the objective's own
-    count of its calls), so a per-step schedule (e.g. a temperature warm-up) is written in the
-    term alone, with tensor operations (``compile: step`` passes a 0-d int64 tensor).
+    ``clock`` is where the run is (``Objective.forward(..., step=clock)``: step, epoch, steps
+    per epoch, total steps, progress; a bare step, or the objective's own count of its calls,
+    gives a clock of one-step epochs), so a schedule by step or by epoch (a temperature
+    warm-up, a queue used from some epoch on) is written in the term alone, with tensor
+    operations (``compile: step`` passes a clock whose ``step`` is a 0-d int64 tensor).
+    ``hp`` holds the values of the method's schedules (:attr:`~unigrad.core.needs.Needs.schedules`)
+    at this clock.
     ``parts`` are the term's own modules (:meth:`Term.modules`), kept and trained by the
     objective. Terms may write statistics to ``stats`` (logged as ``objective.stats``) and share
     per-step quantities through ``cache``.
@@ -47,12 +53,17 @@ class Step:
     pairs: list[tuple[int, list[int]]]  # (online view, target views of its positive)
     hp: dict[str, Any]  # the checked hyperparameters (MethodSpec.resolve)
     normalization: str  # the form's normalisation: "l2" | "bn" | "none"
-    index: int | torch.Tensor = 0  # the training step, from 0 (0-d tensor: compile: step)
+    clock: Clock = field(default_factory=Clock)  # step (0-d tensor under compile: step), epoch
     parts: Mapping[str, nn.Module] = field(default_factory=dict)
     corr: torch.Tensor | None = None  # F after this step's update [C, C]
     negatives: torch.Tensor | None = None  # the bank's rows [K, C]
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     cache: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def index(self) -> int | torch.Tensor:
+        """The training step, from 0 (``clock.step``)."""
+        return self.clock.step
 
     @property
     def n_global(self) -> int:

@@ -5,7 +5,10 @@ The step is two compiled regions and a backward between them:
 1. ``forward``: the online network on every view, the target branch, the objective with its
    sample-set updates (F, the bank's staged keys) -> the loss and its statistics. AOTAutograd
    compiles its backward too, so ``loss.backward()`` runs a compiled graph.
-2. ``update``: the optimiser step and the target's EMA.
+2. ``update``: the optimiser step, the actions after it (``parts.hooks``) and the target's EMA.
+
+Between them, eagerly, the actions after backward (``parts.hooks``; they see the clock with its
+tensor step, as the regions do).
 
 What stays eager is what a graph cannot hold or does not need: CutMix's draws (its boxes
 are drawn before region 1 and enter as tensors), ``zero_grad``, the float16 loss scaler (its
@@ -112,12 +115,13 @@ class CompiledStep:
                             enabled=p.amp is not None):  # fmt: skip
             z, pred = p.net(online_views)
             targets = p.target(views[:n_target], z[:n_target])
-            loss = p.objective(z, targets=targets, pred=pred, mix=mix, step=step)
+            loss = p.objective(z, targets=targets, pred=pred, mix=mix, step=p.clock.at(step))
         return loss, dict(p.objective.stats)
 
-    def _update_eager(self) -> None:
+    def _update_eager(self, step: torch.Tensor) -> None:
         p = self.parts
         p.optimizer.step()
+        p.hooks.after_optimizer_step(p.clock.at(step))
         if self.ema:
             p.target.ema_(p.model.encoder, self.ema_weight)
 
@@ -156,8 +160,9 @@ class CompiledStep:
         with timer("backward (compiled)"):
             p.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            p.hooks.after_backward(p.clock.at(self.step_index))
         with timer("optimizer + EMA (compiled)"):
-            self._update()
+            self._update(self.step_index)
             if p.target.kind == "snapshot":
                 p.target.update(p.model.encoder, p.momentum[step], step + 1)
         with timer("loss + sample set"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from unigrad.config import Config, to_dict
 from unigrad.core import dist
-from unigrad.core.hooks import StepHooks
+from unigrad.core.clock import Clock
+from unigrad.core.hooks import Action, StepHooks
+from unigrad.core.needs import HookContext, Needs
 from unigrad.core.objective import Mix, Objective
 from unigrad.core.targets import TargetBranch, cosine_momentum
 from unigrad.data.pipeline import TrainData
@@ -26,8 +29,8 @@ from unigrad.engine.device import resolve_amp
 from unigrad.engine.optim import build_optimizer, clip_grad_norm, lr_schedule, wd_schedule
 from unigrad.errors import UserError
 from unigrad.eval.online_probe import OnlineProbe, backbone_width
-from unigrad.methods import get_method
-from unigrad.models.networks import SiameseModel, is_timm, model_from_config
+from unigrad.models.build import model_from_config, record_method
+from unigrad.models.networks import SiameseModel, is_timm
 
 
 @dataclass
@@ -60,10 +63,12 @@ class RunParts:
     probe: OnlineProbe | None = None
     #: the last step's CutMix of the online views (None: not mixed); the probe's labels follow it
     mix: Mix | None = None
-    #: actions after backward / after the optimiser step (the method's and the run's)
+    #: actions after backward / after the optimiser step (the run's, then the method's)
     hooks: StepHooks = field(default_factory=StepHooks)
     #: the weight decay per step (DINO's cosine), or None: constant (set where ``lr`` is set)
     wd: list[float] | None = None
+    #: the run's lengths (steps per epoch, total steps); ``clock.at(k)`` is step k's clock
+    clock: Clock = field(default_factory=Clock)
 
     def mark_nonfinite(self, loss: torch.Tensor) -> None:
         """Fold ``~isfinite(loss)`` into the device flag (no host sync)."""
@@ -164,6 +169,23 @@ def sync_batch_norm(model: nn.Module, sync_bn: bool, device: torch.device) -> nn
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
+def step_hooks(needs: Needs, ctx: HookContext, run_backward: Sequence[Action] = ()) -> StepHooks:
+    """The step's actions: first the run's (in a distributed run, the trainable loss parts'
+    gradients averaged over ranks, as DDP averages the model's, so every rank applies the same
+    update; then ``run_backward``, e.g. gradient clipping), then the method's
+    (``needs.after_backward`` / ``after_optimizer_step``) bound to ``ctx``. The loss parts start
+    equal on every rank (rank 0's values)."""
+    hooks = StepHooks()
+    loss_parts = [p for p in ctx.objective.parameters() if p.requires_grad]
+    if dist.is_dist() and loss_parts:
+        dist.broadcast_from_main(loss_parts)
+        hooks.backward.append(lambda clock: dist.average_gradients(loss_parts))
+    hooks.backward += list(run_backward)
+    hooks.backward += [bind(ctx) for bind in needs.after_backward]
+    hooks.optimizer_step += [bind(ctx) for bind in needs.after_optimizer_step]
+    return hooks
+
+
 def build_parts(
     cfg: Config,
     device: torch.device,
@@ -176,10 +198,8 @@ def build_parts(
     online probe when ``cfg.online_probe`` and the data has ``num_classes``); ``backbone``:
     the user's own module, else cfg's."""
     steps_per_epoch = data.steps_per_epoch
-    spec = get_method(cfg.method)
-    model = model_from_config(
-        cfg, predictor=spec.predictor == "mlp", backbone=backbone, feat_dim=feat_dim
-    )
+    spec = record_method(cfg)[0]
+    model = model_from_config(cfg, backbone=backbone, feat_dim=feat_dim)
     sizes = {v.size for v in data.spec.views()}
     if backbone is None:
         note_small_views(cfg, min(sizes))
@@ -208,6 +228,7 @@ def build_parts(
         bias_lr_scale=(cfg.base_lr_bias or cfg.base_lr) / cfg.base_lr,
         predictor_fixed_lr=fixed,
         predictor_lr_scale=cfg.predictor_lr_scale,
+        predictor_prefix=tuple(f"{name}." for name in spec.needs.online_heads),
         objective=objective,
         norm_bias_decay=cfg.norm_bias_decay,
     )
@@ -222,8 +243,10 @@ def build_parts(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     parts = RunParts(model, net, target, objective, optimizer, scaler, lr, momentum, peak_lr, amp)
     parts.wd = wd_schedule(cfg.weight_decay, cfg.weight_decay_end, total_steps)
-    if cfg.clip_grad > 0:
-        parts.hooks.backward.append(clip_grad_norm(optimizer, cfg.clip_grad))
+    parts.clock = Clock(0, steps_per_epoch, total_steps)
+    clip = [clip_grad_norm(optimizer, cfg.clip_grad)] if cfg.clip_grad > 0 else []
+    ctx = HookContext(model, target, objective, objective.hp)
+    parts.hooks = step_hooks(spec.needs, ctx, run_backward=clip)
     width = backbone_width(model.encoder)
     if cfg.online_probe and data.num_classes and width:
         parts.probe = OnlineProbe(width, data.num_classes, cfg.online_probe_lr).to(device)

@@ -1,5 +1,6 @@
 """One optimisation step: views -> online and target forward -> objective -> backward ->
-optimiser -> EMA update -> sample-set update (paper eq. 13's surrogate for the gradient forms).
+actions after backward -> optimiser -> actions after the optimiser step -> EMA update ->
+sample-set update (paper eq. 13's surrogate for the gradient forms).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def train_step(
     only sets the device flag ``parts.nonfinite``.
     """
     timer = timer or NullTimer()
+    clock = parts.clock.at(step)
     wd = parts.wd[step] if parts.wd is not None else None
     set_lr(parts.optimizer, parts.lr[step], parts.peak_lr, wd)  # Python floats: no host read
     online_views, mix = mixed_views(views, gen, cutmix, timer)
@@ -54,14 +56,18 @@ def train_step(
         with timer("target forward"):
             targets = parts.target(views[:n_target], z[:n_target])
         with timer("loss + sample set"):
-            loss = parts.objective(z, targets=targets, pred=p, mix=mix, step=step)
+            loss = parts.objective(z, targets=targets, pred=p, mix=mix, step=clock)
             stats = dict(parts.objective.stats)
     with timer("backward"):
         parts.optimizer.zero_grad(set_to_none=True)
         parts.scaler.scale(loss).backward()
     with timer("optimizer"):
+        if parts.scaler.is_enabled() and parts.hooks.backward:  # the actions see true gradients
+            parts.scaler.unscale_(parts.optimizer)
+        parts.hooks.after_backward(clock)
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
+        parts.hooks.after_optimizer_step(clock)
     with timer("EMA update"):
         parts.target.update(parts.model.encoder, parts.momentum[step], step + 1)
     with timer("loss + sample set"):

@@ -275,10 +275,7 @@ class Trainer:
         probe on the same features and the random-init baseline."""
         out = self._scores(self.model.encoder.backbone, final)
         if final and self.cfg.knn_baseline and self.eval_data is not None:
-            keys = ("backbone", "width", "cifar_stem", "image_size", "norm", "seed")
-            init = random_init_backbone(
-                **{k: getattr(self.cfg, k) for k in keys}, device=self.device
-            )
+            init = random_init_backbone(self.cfg, device=self.device)
             if init is not None:  # None: a custom module, which the config cannot rebuild
                 out.update(self._scores(init, final, "init_"))
         self.log_metrics(out)

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from unigrad.config import Config, to_dict
 from unigrad.engine.checkpoint import load_checkpoint
 from unigrad.errors import UserError
-from unigrad.models.networks import CUSTOM, build_model
+from unigrad.models.build import model_from_config
+from unigrad.models.networks import CUSTOM
 
 
 def progress_bar(it: Iterable, desc: str, enabled: bool | None = None, **kw: Any) -> tqdm:
@@ -63,9 +64,9 @@ def load_backbone(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The online backbone of a pretraining checkpoint, in eval mode, and its config.
 
-    The whole :class:`~unigrad.models.networks.SiameseModel` is rebuilt from ``config`` (a predictor
-    when the weights have ``predictor.`` keys) and loaded strictly, so a checkpoint whose weights
-    do not fit its own config is refused.
+    The whole :class:`~unigrad.models.networks.SiameseModel` is rebuilt from ``config`` (with the
+    heads its method declares, :func:`~unigrad.models.build.model_from_config`) and loaded
+    strictly, so a checkpoint whose weights do not fit its own config is refused.
 
     Returns:
         (backbone mapping [B, 3, H, W] -> [B, D], config dict with Config defaults filled in).
@@ -102,20 +103,11 @@ def backbone_from_checkpoint(
         )
     state = ckpt["model"]
     try:
-        model = build_model(
-            cfg["backbone"],
-            cfg["width"],
-            cfg["cifar_stem"],
-            cfg["proj_depth"],
-            cfg["proj_dim"],
-            cfg["proj_hidden"],
-            predictor=any(k.startswith("predictor.") for k in state),
-            pred_hidden=cfg["pred_hidden"],
-            image_size=cfg["image_size"] or 224,
-            norm=cfg.get("norm", "bn"),
-        )
+        model = model_from_config(cfg)
     except ValueError as e:
         raise UserError(f"{ckpt_path}: cannot build its network ({e})") from None
+    except UserError as e:
+        raise UserError(f"{ckpt_path}: {e}") from None
     diff = _state_diff(model.state_dict(), state)
     if diff:
         raise UserError(

@@ -100,7 +100,8 @@ class OnlineProbe(nn.Module):
 
 
 def backbone_width(encoder: nn.Module) -> int | None:
-    """D, the width of the backbone's features: the projector's first linear layer's input
-    (None for a projector without one)."""
-    first = next((m for m in encoder.projector.modules() if isinstance(m, nn.Linear)), None)
+    """D, the width of the backbone's features: the input of the first linear layer of the
+    encoder's heads (None for heads without one)."""
+    heads = [getattr(encoder, name) for name in encoder.head_names]
+    first = next((m for h in heads for m in h.modules() if isinstance(m, nn.Linear)), None)
     return None if first is None else int(first.in_features)

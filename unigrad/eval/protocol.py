@@ -17,6 +17,7 @@ Accuracies are percentages.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -25,7 +26,8 @@ from torch import nn
 from unigrad.errors import UserError
 from unigrad.eval.features import accuracy, extract_features, knn_eval
 from unigrad.eval.linear import class_balanced_subset, finetune, train_linear
-from unigrad.models.networks import CUSTOM, build_model
+from unigrad.models.build import model_from_config
+from unigrad.models.networks import CUSTOM
 
 
 def count_classes(*labels: torch.Tensor) -> int:
@@ -158,25 +160,19 @@ def evaluate_features(
     return out
 
 
-def random_init_backbone(
-    backbone: str,
-    width: float,
-    cifar_stem: bool,
-    *,
-    image_size: int | None,
-    norm: str,
-    seed: int,
-    device: str | torch.device = "cpu",
-) -> nn.Module | None:
-    """The backbone as a run of seed ``seed`` initialises it (the baseline a run has to beat);
-    the global RNG is left untouched. None, with a note on stderr, for a custom module (its
-    architecture cannot be rebuilt from these arguments)."""
-    if backbone == CUSTOM:
+def random_init_backbone(record: Any, *, device: str | torch.device = "cpu") -> nn.Module | None:
+    """The backbone a run of this record (a :class:`~unigrad.config.Config` or a mapping with
+    its keys) initialises with its ``seed`` (the baseline a run has to beat), built where every
+    run's network is (:func:`~unigrad.models.build.model_from_config`); the global RNG is left
+    untouched. None, with a note on stderr, for a custom module (its architecture cannot be
+    rebuilt from a record)."""
+    get = record.get if isinstance(record, Mapping) else lambda k: getattr(record, k)
+    if get("backbone") == CUSTOM:
         print("note: knn_baseline skipped: a custom backbone cannot be rebuilt", file=sys.stderr)
         return None
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(backbone, width, cifar_stem, image_size=image_size, norm=norm)
+        torch.manual_seed(get("seed"))
+        model = model_from_config(record)
     return model.encoder.backbone.to(device)
 
 

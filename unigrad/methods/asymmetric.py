@@ -20,6 +20,7 @@ from unigrad.core.samples import directpred_predictor
 from unigrad.core.spec import CORR_SOURCE, LAMBD, RHO, Form, MethodSpec, Param
 from unigrad.core.term import Step, Term
 from unigrad.methods.unigrad import Correlation
+from unigrad.models.heads import WITH_PREDICTOR
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ BYOL = MethodSpec(
     description="BYOL: learned predictor, momentum target, 2 - 2 cos",
     grad_hint=_HINT,
     target="momentum",
-    predictor="mlp",
+    needs=WITH_PREDICTOR,
     loss=Form(
         key="loss",
         kind="loss",
@@ -86,7 +87,7 @@ SIMSIAM = MethodSpec(
     description="SimSiam: learned predictor, stop-gradient target, -cos",
     grad_hint=_HINT,
     target="stopgrad",
-    predictor="mlp",
+    needs=WITH_PREDICTOR,
     loss=Form(
         key="loss",
         kind="loss",
@@ -107,7 +108,6 @@ DIRECTPRED = MethodSpec(
     family="asymmetric",
     description="DirectPred: BYOL with the predictor W_h computed from F (eq. 6)",
     target="momentum",
-    predictor="directpred",
     loss=Form(
         key="loss",
         kind="loss",

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from unigrad.core.spec import BANK_SIZE, TAU, Form, MethodSpec
 from unigrad.methods.contrastive import InfoNCE
+from unigrad.models.heads import WITH_PREDICTOR
 
 MOCOV3 = MethodSpec(
     name="mocov3",
     family="contrastive",
     description="MoCo v3: predictor + InfoNCE against the other view's momentum keys in the batch",
     target="momentum",
-    predictor="mlp",
+    needs=WITH_PREDICTOR,
     loss=Form(
         key="loss",
         kind="loss",

@@ -18,6 +18,7 @@ import torch
 from unigrad.core.spec import BANK_SIZE, Form, MethodSpec, Param
 from unigrad.core.term import Step
 from unigrad.methods.contrastive import InfoNCE
+from unigrad.models.heads import WITH_PREDICTOR
 
 
 def nearest(x: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,7 @@ NNCLR = MethodSpec(
     family="contrastive",
     description="NNCLR: InfoNCE with the positive the nearest neighbour in a support queue",
     target="stopgrad",
-    predictor="mlp",
+    needs=WITH_PREDICTOR,
     loss=Form(
         key="loss",
         kind="loss",

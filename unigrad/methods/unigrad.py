@@ -44,7 +44,6 @@ UNIGRAD = MethodSpec(
     family="unigrad",
     description="UniGrad: -u2^m + lambda F u1, F the EMA correlation matrix (eq. 14)",
     target="momentum",
-    predictor="none",
     loss=Form(
         key="loss",
         kind="loss",

@@ -1,5 +1,5 @@
 """The ``model`` section of the configuration: backbone, projector and predictor widths, and the
-normalisation layers (built by :func:`unigrad.models.networks.model_from_config`)."""
+normalisation layers (built by :func:`unigrad.models.build.model_from_config`)."""
 
 from dataclasses import dataclass
 

@@ -28,6 +28,7 @@ import yaml
 from torch import nn
 from torchvision.models import resnet
 
+from unigrad.core.needs import Head, HeadContext
 from unigrad.errors import UserError, optional
 
 #: torchvision ResNets by name: (block, blocks per stage).
@@ -239,32 +240,57 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-class Encoder(nn.Module):
-    """f = projector(backbone(x)): [B, 3, H, W] -> [B, C]."""
+class _Heads(nn.Module):
+    """A module whose heads (submodules named in ``head_names``) run in order."""
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module) -> None:
+    head_names: tuple[str, ...] = ()
+
+    def add_head(self, name: str, head: nn.Module) -> None:
+        """Append ``head`` under ``name`` (it runs after the heads already there)."""
+        if name in self.__dict__:  # an unset default slot (``predictor = None``)
+            delattr(self, name)
+        self.add_module(name, head)
+        self.head_names = (*self.head_names, name)
+
+    def run_heads(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.head_names:
+            x = getattr(self, name)(x)
+        return x
+
+
+class Encoder(_Heads):
+    """f = heads(backbone(x)): [B, 3, H, W] -> [B, C]; the heads (by default the projector
+    alone) run in the order they were added, and a momentum or snapshot target copies them all
+    with the backbone."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projector = projector
+        if projector is not None:
+            self.add_head("projector", projector)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.backbone(x))
+        return self.run_heads(self.backbone(x))
 
 
-class SiameseModel(nn.Module):
-    """Online encoder and (optional) predictor; the target branch lives outside (targets.py)."""
+class SiameseModel(_Heads):
+    """Online encoder and the online-only heads after it (a predictor; none: ``p`` is None);
+    the target branch lives outside (targets.py)."""
 
     def __init__(self, encoder: Encoder, predictor: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
+        if predictor is not None:
+            self.head_names = ("predictor",)
 
     def forward(
         self, views: list[torch.Tensor]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-        """Per view: projector output z [N, C] and predictor output [N, C] (or None)."""
+        """Per view: the encoder's output z [N, C] and the online heads' output [N, C] (or
+        None)."""
         z = [self.encoder(v) for v in views]
-        p = [self.predictor(x) for x in z] if self.predictor is not None else None
+        p = [self.run_heads(x) for x in z] if self.head_names else None
         return z, p
 
 
@@ -280,8 +306,11 @@ def build_model(
     image_size: int = 224,
     norm: str = "bn",
     feat_dim: int | None = None,
+    heads: Mapping[str, Head] | None = None,
+    hp: Mapping[str, Any] | None = None,
 ) -> SiameseModel:
-    """Backbone + projector (+ predictor MLP with a C/4 bottleneck by default, as SimSiam).
+    """Backbone + heads: by default the projector (+ predictor MLP with a C/4 bottleneck, as
+    SimSiam, when ``predictor``).
 
     Args:
         backbone: a name (:func:`make_backbone`) or your own module mapping [B, 3, H, W] ->
@@ -289,7 +318,11 @@ def build_model(
         feat_dim: the module's output width D; needed with a module that has no integer
             ``num_features`` attribute (timm models have one), ignored with a name.
         norm: normalisation of the named ResNets and of the MLPs.
+        heads: a method's declared heads (:attr:`unigrad.core.needs.Needs.heads`), built in
+            order with the widths above and ``hp``; replaces ``predictor``.
     """
+    from unigrad.models.heads import PREDICTOR, PROJECTOR  # heads import this module
+
     if isinstance(backbone, nn.Module):
         net, feat = backbone, feat_dim or getattr(backbone, "num_features", None)
         if not isinstance(feat, int) or feat < 1:
@@ -299,38 +332,11 @@ def build_model(
             )
     else:
         net, feat = make_backbone(backbone, width, cifar_stem, norm, image_size)
-    projector = mlp(feat, proj_hidden or proj_dim, proj_dim, proj_depth, norm=norm)
-    pred = None
-    if predictor:
-        pred = mlp(proj_dim, pred_hidden or max(proj_dim // 4, 1), proj_dim, 2, norm=norm)
-    return SiameseModel(Encoder(net, projector), pred)
-
-
-def model_from_config(
-    cfg: Any,
-    *,
-    predictor: bool,
-    backbone: nn.Module | None = None,
-    feat_dim: int | None = None,
-) -> SiameseModel:
-    """The network a configuration describes: the one place where a config becomes a model.
-
-    ``cfg``: a :class:`~unigrad.config.Config` or a mapping with the ``model`` section's keys
-    and ``image_size`` (a checkpoint's stored config); ``backbone``: your own module in place
-    of ``cfg.backbone``.
-    An unset ``image_size`` builds for 224 px (it only matters to ViTs).
-    """
-    get = cfg.get if isinstance(cfg, Mapping) else lambda k, d=None: getattr(cfg, k, d)
-    return build_model(
-        backbone if backbone is not None else get("backbone"),
-        get("width"),
-        get("cifar_stem"),
-        get("proj_depth"),
-        get("proj_dim"),
-        get("proj_hidden"),
-        predictor=predictor,
-        pred_hidden=get("pred_hidden"),
-        image_size=get("image_size") or 224,
-        norm=get("norm", "bn") or "bn",
-        feat_dim=feat_dim,
-    )
+    if heads is None:
+        heads = {"projector": PROJECTOR, **({"predictor": PREDICTOR} if predictor else {})}
+    ctx = HeadContext(feat, proj_dim, proj_depth, proj_hidden, pred_hidden, norm, hp or {})
+    built = {name: (head.build(ctx), head.copied) for name, head in heads.items()}
+    model = SiameseModel(Encoder(net))
+    for name, (module, copied) in built.items():
+        (model.encoder if copied else model).add_head(name, module)
+    return model
