@@ -346,7 +346,6 @@ def prototype_method(
         family="prototypes",
         description=description,
         target=target,
-        predictor="none",
         loss=Form(
             key="loss",
             kind="loss",
