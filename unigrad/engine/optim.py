@@ -81,10 +81,8 @@ def param_groups(
         norm_bias_decay: whether 1-d parameters (:func:`is_norm_or_bias`) get weight decay;
             without it their group has weight_decay 0 (and no LARS adaptation).
         bias_lr_scale: the 1-d parameters' lr over the weights' (``base_lr_bias / base_lr``).
-        predictor_prefix: names of the online heads' parameters start with it (or with one
-            of a tuple); they keep the peak lr if ``predictor_fixed_lr`` (SimSiam) and their lr
-            is multiplied by ``predictor_lr_scale`` (a larger predictor lr, as BYOL/SimSiam
-            recipes often need).
+        predictor_prefix: online heads' names start with it (or one of a tuple): they keep the
+            peak lr if ``predictor_fixed_lr`` (SimSiam), their lr times ``predictor_lr_scale``.
 
     A group's ``wd_scale`` (1 or 0) multiplies the weight decay of a schedule (:func:`set_lr`).
     1-d parameters have a group of their own only where it differs from the weights' one.
