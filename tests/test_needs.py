@@ -131,3 +131,35 @@ def test_the_model_is_built_from_the_record_with_the_declared_heads(my_method):
     assert byol.encoder.head_names == ("projector",) and byol.head_names == ("predictor",)
     keys = list(byol.state_dict())
     assert keys[0].startswith("encoder.backbone.") and keys[-1].startswith("predictor.")
+
+
+def test_no_code_outside_the_methods_switches_on_a_method_or_head_name():
+    """Outside ``unigrad/methods/`` nothing compares a method's or a head's name (``method``,
+    ``predictor``, ``projector``, ``head``) with a string: the engine reads declarations."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "unigrad"
+    names = {"method", "predictor", "projector", "head", "heads"}
+    found = []
+    for path in root.rglob("*.py"):
+        if "methods" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            named = any(
+                (isinstance(s, ast.Attribute) and s.attr in names)
+                or (isinstance(s, ast.Name) and s.id in names)
+                for s in sides
+            )
+            consts = [
+                c
+                for s in sides
+                for c in (s.elts if isinstance(s, ast.Tuple | ast.List | ast.Set) else [s])
+            ]
+            string = any(isinstance(c, ast.Constant) and isinstance(c.value, str) for c in consts)
+            if named and string:
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not found, found
