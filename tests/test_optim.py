@@ -11,7 +11,6 @@ from torch import nn
 from unigrad.config import build_config, parse_set
 from unigrad.core.clock import Clock
 from unigrad.engine.optim import (
-    OPTIMIZERS,
     build_optimizer,
     clip_grad_norm,
     lr_schedule,
@@ -19,6 +18,7 @@ from unigrad.engine.optim import (
     set_lr,
     wd_schedule,
 )
+from unigrad.engine.optim_config import OPTIMIZERS
 from unigrad.errors import UserError
 
 

@@ -28,7 +28,7 @@ from unigrad.core.objective_config import ObjectiveConfig
 from unigrad.core.section import TAGS, Section
 from unigrad.data.data_config import DataConfig
 from unigrad.data.recipe import AugmentConfig
-from unigrad.engine.optim import DEFAULT_WARMUP_EPOCHS, OptimConfig, default_warmup
+from unigrad.engine.optim_config import DEFAULT_WARMUP_EPOCHS, OptimConfig, default_warmup
 from unigrad.engine.run_config import RunConfig, compile_mode
 from unigrad.errors import UserError
 from unigrad.eval.eval_config import EvalConfig
