@@ -23,7 +23,7 @@ from unigrad.data.pipeline import (
     build_train_data,
     data_from_source,
 )
-from unigrad.data.sources import FolderSource
+from unigrad.data.sources import FolderSource, Source
 from unigrad.data.user_data import DatasetSource
 from unigrad.engine.parts import build_parts
 from unigrad.engine.trainer import Trainer
@@ -111,6 +111,36 @@ def test_folder_batches_carry_their_images_labels(colours, pipeline):
     run = data_from_source(_cfg(), CPU, FolderSource(str(colours)), pipeline=pipeline)
     assert isinstance(run.train, FastData if pipeline == "fast" else CropData)
     assert run.train.labelled and run.train.num_classes == 3
+    assert_labels_match(run.train)
+
+
+class PilSplits(Source):
+    """A source whose splits are Datasets of (PIL image, label) with ``classes``, as
+    torchvision's CIFAR-10 (:class:`~unigrad.data.sources.TorchvisionSource`) opens them."""
+
+    class Split(torch.utils.data.Dataset):
+        def __init__(self, seed: int) -> None:
+            self.items = colour_images(8, seed=seed)
+            self.classes = ["red", "green", "blue"]
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def __getitem__(self, i: int):
+            img, k = self.items[i]
+            return Image.fromarray(img), k
+
+    def splits(self):
+        return ("train", "val")
+
+    def open(self, split, transform=None):
+        assert transform is None
+        return self.Split(seed=0 if split == "train" else 1)
+
+
+def test_a_datasets_source_carries_its_labels_through_the_standard_pipeline():
+    run = data_from_source(_cfg(), CPU, PilSplits(), pipeline="standard")
+    assert isinstance(run.train, LoaderData) and run.train.num_classes == 3
     assert_labels_match(run.train)
 
 
