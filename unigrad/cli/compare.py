@@ -9,6 +9,9 @@ import argparse
 from unigrad.cli import command
 from unigrad.config import parse_set, shipped
 
+#: Linear-probe epochs after each run unless --linear-epochs says otherwise.
+LINEAR_EPOCHS = 30
+
 
 @command("compare", "run a grid of methods/forms/targets/seeds under one protocol; write tables")
 def _compare(p: argparse.ArgumentParser) -> None:
@@ -35,8 +38,8 @@ def _compare(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--linear-epochs",
         type=int,
-        default=30,
-        help="linear probe epochs on cached features after each run (0: kNN only)",
+        help=f"linear probe epochs on cached features after each run (0: kNN only; default "
+        f"{LINEAR_EPOCHS}; with --tabulate: each run's own)",
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
@@ -50,6 +53,13 @@ def _compare(p: argparse.ArgumentParser) -> None:
     def run(a: argparse.Namespace) -> int:
         from unigrad.experiments.runner import compare
 
+        extra = parse_set(a.set or [])  # --set wins over --linear-epochs
+        unchecked: tuple[str, ...] = ()
+        if a.linear_epochs is None and a.tabulate and "final_linear_epochs" not in extra:
+            unchecked = ("final_linear_epochs",)  # the value each run was finished with
+        elif a.linear_epochs is not None or not a.tabulate:
+            epochs = LINEAR_EPOCHS if a.linear_epochs is None else a.linear_epochs
+            extra = {"final_linear_epochs": epochs, **extra}
         data_args = {
             k: getattr(a, k)
             for k in ("data", "dataset", "fallback_dataset")
@@ -59,12 +69,13 @@ def _compare(p: argparse.ArgumentParser) -> None:
             a.grid,
             a.out,
             data_args=data_args,
-            extra={"final_linear_epochs": a.linear_epochs, **parse_set(a.set or [])},
+            extra=extra,
             seeds=[int(s) for s in a.seeds.split(",")] if a.seeds else None,
             only=a.only,
             dry_run=a.dry_run,
             tabulate=a.tabulate,
             quiet=a.quiet,
+            unchecked=unchecked,
         )
 
     p.set_defaults(func=run)

@@ -73,7 +73,10 @@ def available_splits(data: str) -> list[str]:
 
 
 def missing_folder_error(data: str) -> UserError:
-    """The error for a ``--data`` folder that does not exist, saying what to pass instead."""
+    """The error for a ``--data`` folder that does not exist (or is a file), saying what to
+    pass instead."""
+    if Path(data).is_file():
+        return UserError(f"--data {data} is a file, not a folder; pass {LAYOUT}")
     return UserError(
         f"data folder {data} does not exist; pass {LAYOUT}, or --dataset cifar10 --download"
     )

@@ -379,6 +379,18 @@ class RunData(NamedTuple):
     image_size: int
 
 
+def _note_upsampling(cfg: Config, source: Source, split: str, n_probe: int = 16) -> None:
+    """One note when the configured ``image_size`` is above the images' size (the shorter side
+    of the first ``n_probe``): every view would then be upsampled."""
+    sides = [min(hw) for hw in source.image_sizes(source.open(split), n_probe)]
+    if sides and cfg.image_size is not None and cfg.image_size > max(sides) and dist.is_main():
+        print(
+            f"note: image_size {cfg.image_size} is above the images' size ({max(sides)} px): "
+            f"every view is upsampled; set image_size {max(sides)} or less unless you mean it",
+            file=sys.stderr,
+        )
+
+
 def _resolved_size(cfg: Config, suggested: Callable[[], int], where: str) -> int:
     if cfg.image_size is not None:
         return cfg.image_size
@@ -407,6 +419,7 @@ def data_from_source(
     """
     train_split, eval_split = splits or (cfg.train_split, cfg.eval_split)
     size = _resolved_size(cfg, lambda: source.image_side(train_split), where)
+    _note_upsampling(cfg, source, train_split)
     cfg = copy.copy(cfg)  # the views' size; the caller's config is left as it is
     cfg.image_size = size
     pipeline = pipeline or cfg.pipeline

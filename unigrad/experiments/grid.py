@@ -387,10 +387,10 @@ def _training_settings(cfg: Any) -> dict[str, Any]:
     return {**out, "form": form.key, "target": cfg.target or spec.target, **hp}
 
 
-def stored_differences(cfg: Any, run_dir: Path) -> list[str]:
-    """``key: stored -> grid`` for each training setting where the finished run in ``run_dir``
-    (its config.yaml) differs from what the grid now asks; empty when they agree or the run
-    recorded no config."""
+def stored_differences(cfg: Any, run_dir: Path, unchecked: tuple[str, ...] = ()) -> list[str]:
+    """``key: stored -> grid`` for each training setting (but the ``unchecked`` ones) where the
+    finished run in ``run_dir`` (its config.yaml) differs from what the grid now asks; empty
+    when they agree or the run recorded no config."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return []
@@ -400,7 +400,11 @@ def stored_differences(cfg: Any, run_dir: Path) -> list[str]:
     except UserError as e:
         return [f"config.yaml no longer loads ({e})"]
     now = _training_settings(cfg)
-    return [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in now.items() if stored.get(k) != v]
+    return [
+        f"{k}: {stored.get(k)!r} -> {v!r}"
+        for k, v in now.items()
+        if stored.get(k) != v and k not in unchecked
+    ]
 
 
 def load_result(run_dir: Path) -> dict[str, Any] | None:

@@ -122,8 +122,8 @@ def known_baselines(runs: Runs) -> dict[tuple[Any, ...], dict[str, float]]:
     return baselines
 
 
-def _warn_if_changed(spec: C.RunSpec, cfg: Any) -> None:
-    if changed := C.stored_differences(cfg, Path(cfg.out)):
+def _warn_if_changed(spec: C.RunSpec, cfg: Any, unchecked: tuple[str, ...]) -> None:
+    if changed := C.stored_differences(cfg, Path(cfg.out), unchecked):
         print(
             f"warning: {spec.run_id} was trained with other settings than the grid "
             f"now gives ({'; '.join(changed)}); its result is kept: delete "
@@ -148,7 +148,14 @@ def write_report_files(out: Path, rows: list[dict[str, Any]], done: list[str]) -
         ladder.unlink(missing_ok=True)
 
 
-def run_grid(runs: Runs, out: Path, *, tabulate: bool = False, quiet: bool = False) -> int:
+def run_grid(
+    runs: Runs,
+    out: Path,
+    *,
+    tabulate: bool = False,
+    quiet: bool = False,
+    unchecked: tuple[str, ...] = (),
+) -> int:
     """Train every unfinished run of ``runs`` (skipping finished ones, resuming interrupted
     ones), then write ``results.csv``, ``results.md`` (after each run) and the report.
 
@@ -185,7 +192,7 @@ def run_grid(runs: Runs, out: Path, *, tabulate: bool = False, quiet: bool = Fal
             baselines.setdefault(key, C.init_scores(result))
         else:
             print(f"[{i}/{len(runs)}] {spec.run_id}: done, skipped", flush=True)
-            _warn_if_changed(spec, cfg)
+            _warn_if_changed(spec, cfg, unchecked)
         # the grid names its runs: a result copied in from another grid takes its name here
         names = {"run": spec.run_id, "group": spec.name, "rung": spec.rung, "base": spec.base}
         rows.append(
@@ -219,12 +226,14 @@ def compare(
     dry_run: bool = False,
     tabulate: bool = False,
     quiet: bool = False,
+    unchecked: tuple[str, ...] = (),
 ) -> int:
     """``unigrad compare``: :func:`select_runs`, then list them (``dry_run``) or
-    :func:`run_grid`. Returns the exit status."""
+    :func:`run_grid` (``unchecked``: settings a finished run keeps as it has them, unnamed).
+    Returns the exit status."""
     out = Path(out)
     runs = select_runs(grid_name, out, data_args=data_args, extra=extra, seeds=seeds, only=only)
     if dry_run:
         print_runs(runs)
         return 0
-    return run_grid(runs, out, tabulate=tabulate, quiet=quiet)
+    return run_grid(runs, out, tabulate=tabulate, quiet=quiet, unchecked=unchecked)
