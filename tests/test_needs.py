@@ -163,3 +163,30 @@ def test_no_code_outside_the_methods_switches_on_a_method_or_head_name():
             if named and string:
                 found.append(f"{path.relative_to(root)}:{node.lineno}")
     assert not found, found
+
+
+def test_a_copy_of_the_parts_acts_on_its_own_modules(my_method):
+    """``compile: auto`` measures on deep copies of the run's parts: the copies' actions must
+    renormalise the copied layer and leave the run's own alone (a closure would not)."""
+    import copy
+
+    from unigrad.core.needs import HookContext
+    from unigrad.core.targets import TargetBranch
+    from unigrad.engine.parts import step_hooks
+
+    record = build_config(TINY, {"method": "my_method"})
+    model = model_from_config(record)
+    objective = Objective.from_config(record)
+    target = TargetBranch("momentum", model.encoder)
+    run = {
+        "model": model,
+        "hooks": step_hooks(MY_METHOD.needs, HookContext(model, target, objective, objective.hp)),
+    }
+    before = model.encoder.projector.last.weight.detach().clone()
+    copied = copy.deepcopy(run)
+    copied["hooks"].after_optimizer_step(Clock())
+    assert torch.equal(model.encoder.projector.last.weight, before)  # the run's: untouched
+    w = copied["model"].encoder.projector.last.weight
+    assert torch.allclose(w.norm(dim=1), torch.ones(w.shape[0]))  # the copy's: renormalised
+    run["hooks"].after_optimizer_step(Clock())
+    assert torch.equal(model.encoder.projector.last.weight, w)

@@ -8,15 +8,34 @@ read a tensor into Python.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from unigrad.core.clock import Clock
 
-__all__ = ["Action", "StepHooks"]
+__all__ = ["Action", "Bound", "StepHooks"]
 
 #: one action: called with the step's :class:`Clock`
 Action = Callable[[Clock], None]
+
+
+class Bound:
+    """The action ``make(*args)`` (e.g. a method's action factory and its
+    :class:`~unigrad.core.needs.HookContext`), made again from deep copies of ``args`` when it
+    is deep-copied: a copy of the run's parts (``compile: auto``'s measurement) then acts on the
+    copied modules, never on the run's own (a closure would keep the originals)."""
+
+    def __init__(self, make: Callable[..., Action], *args: Any) -> None:
+        self.make, self.args = make, args
+        self.action = make(*args)
+
+    def __call__(self, clock: Clock) -> None:
+        self.action(clock)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Bound:
+        return Bound(self.make, *copy.deepcopy(self.args, memo))
 
 
 @dataclass

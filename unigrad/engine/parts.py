@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from unigrad.config import Config, to_dict
 from unigrad.core import dist
 from unigrad.core.clock import Clock
-from unigrad.core.hooks import Action, StepHooks
+from unigrad.core.hooks import Action, Bound, StepHooks
 from unigrad.core.needs import HookContext, Needs
 from unigrad.core.objective import Mix, Objective
 from unigrad.core.targets import TargetBranch, cosine_momentum
@@ -174,16 +174,21 @@ def step_hooks(needs: Needs, ctx: HookContext, run_backward: Sequence[Action] = 
     gradients averaged over ranks, as DDP averages the model's, so every rank applies the same
     update; then ``run_backward``, e.g. gradient clipping), then the method's
     (``needs.after_backward`` / ``after_optimizer_step``) bound to ``ctx``. The loss parts start
-    equal on every rank (rank 0's values)."""
+    equal on every rank (rank 0's values). Each is a :class:`Bound`: a deep copy of the parts
+    holds actions on the copied modules."""
     hooks = StepHooks()
     loss_parts = [p for p in ctx.objective.parameters() if p.requires_grad]
     if dist.is_dist() and loss_parts:
         dist.broadcast_from_main(loss_parts)
-        hooks.backward.append(lambda clock: dist.average_gradients(loss_parts))
+        hooks.backward.append(Bound(_average, loss_parts))
     hooks.backward += list(run_backward)
-    hooks.backward += [bind(ctx) for bind in needs.after_backward]
-    hooks.optimizer_step += [bind(ctx) for bind in needs.after_optimizer_step]
+    hooks.backward += [Bound(bind, ctx) for bind in needs.after_backward]
+    hooks.optimizer_step += [Bound(bind, ctx) for bind in needs.after_optimizer_step]
     return hooks
+
+
+def _average(params: list[torch.Tensor]) -> Action:
+    return lambda clock: dist.average_gradients(params)
 
 
 def build_parts(
@@ -244,7 +249,7 @@ def build_parts(
     parts = RunParts(model, net, target, objective, optimizer, scaler, lr, momentum, peak_lr, amp)
     parts.wd = wd_schedule(cfg.weight_decay, cfg.weight_decay_end, total_steps)
     parts.clock = Clock(0, steps_per_epoch, total_steps)
-    clip = [clip_grad_norm(optimizer, cfg.clip_grad)] if cfg.clip_grad > 0 else []
+    clip = [Bound(clip_grad_norm, optimizer, cfg.clip_grad)] if cfg.clip_grad > 0 else []
     ctx = HookContext(model, target, objective, objective.hp)
     parts.hooks = step_hooks(spec.needs, ctx, run_backward=clip)
     width = backbone_width(model.encoder)
