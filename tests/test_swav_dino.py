@@ -195,6 +195,11 @@ def test_swav_queue_fills_then_joins_sinkhorn_and_is_state():
     resumed.load_state_dict(state)
     assert resumed.parts["queue"].full
     assert torch.allclose(resumed(z, targets=t), b, rtol=1e-12)
+    for on, expected in ((False, no_queue(z, targets=t)), (True, b)):  # before queue_start
+        for gate in (on, torch.tensor(on)):  # Python bool (eager) or 0-d tensor (compiled)
+            resumed.load_state_dict(state)
+            resumed.hp["queue_on"] = gate
+            assert torch.allclose(resumed(z, targets=t), expected, rtol=1e-12), gate
 
 
 def test_cutmix_is_refused_by_name():

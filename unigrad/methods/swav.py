@@ -100,6 +100,7 @@ def sinkhorn(
     eps: float = 0.05,
     iters: int = 3,
     shared: torch.Tensor | None = None,
+    use_shared: bool | torch.Tensor = True,
 ) -> torch.Tensor:
     """Codes of SwAV's online clustering: Sinkhorn-Knopp on exp(scores / eps).
 
@@ -111,27 +112,36 @@ def sinkhorn(
     Args:
         scores: W u of this rank's samples, [N, K]. shared: W v of the queue, [L, K] or None.
         eps: entropic regularisation (SwAV: 0.05). iters: Sinkhorn iterations (SwAV: 3).
+        use_shared: whether the ``shared`` rows take part: a bool, or a 0-d bool tensor (a
+            schedule's value under ``compile: step``: the rows then enter with weight 0 or 1,
+            no branch and no host read).
 
     Returns:
         codes q [N, K] of this rank's samples, rows summing to 1 (``scores``' dtype).
     """
+    if use_shared is False:
+        shared = None
     s = scores.detach().double()
     rows = [s] if shared is None else [s, shared.detach().double()]
     top = dist.all_reduce(torch.stack([r.max() for r in rows]).max(), "max")
     qs = [torch.exp((r - top) / eps) for r in rows]
-    n_samples = s.shape[0] * dist.world_size() + (0 if shared is None else shared.shape[0])
+    n_samples: float | torch.Tensor = float(s.shape[0] * dist.world_size())
+    if shared is not None:
+        on = torch.as_tensor(use_shared, device=s.device).to(s.dtype)
+        qs[1] = qs[1] * on
+        n_samples = n_samples + shared.shape[0] * on
     k = s.shape[1]
 
-    def sample_sum(f: torch.Tensor) -> torch.Tensor:  # sum over all samples of f(q) [K]
-        local = dist.all_reduce(f(qs[0]))
-        return local if shared is None else local + f(qs[1])
+    def sample_sum(q: list[torch.Tensor]) -> torch.Tensor:  # per prototype, all samples [K]
+        local = dist.all_reduce(q[0].sum(0))
+        return local if shared is None else local + q[1].sum(0)
 
-    total = sample_sum(lambda q: q.sum(0)).sum()
+    total = sample_sum(qs).sum()
     qs = [q / total for q in qs]
     for _ in range(iters):
-        per_proto = sample_sum(lambda q: q.sum(0))  # [K]
+        per_proto = sample_sum(qs)
         qs = [q / (per_proto * k) for q in qs]
-        qs = [q / (q.sum(1, keepdim=True) * n_samples) for q in qs]
+        qs = [q / (q.sum(1, keepdim=True).clamp_min(1e-300) * n_samples) for q in qs]
     return (qs[0] * n_samples).to(scores.dtype)
 
 
@@ -181,7 +191,10 @@ class Prototypes(nn.Module):
 
 class CodeQueue(nn.Module):
     """SwAV's queue: the last ``size`` embeddings [size, C] of each global view, gathered over
-    ranks (identical on every rank, so Sinkhorn counts them once), used once full.
+    ranks (identical on every rank, so Sinkhorn counts them once). It is filled from the first
+    step and joins Sinkhorn from ``queue_start`` on once full (SwAV creates it at
+    ``queue_start`` and uses it once full, ``size`` / batch steps later: the same rows, without
+    the wait, and no branch on the epoch inside a compiled step).
 
     Buffers: ``queue`` [views, size, C], ``filled`` (rows written, <= size).
     """
@@ -285,14 +298,15 @@ class SwappedPrediction(PrototypeTerm):
         w = protos.weight.detach()
         emb = [step.norm(t.detach()) for t in step.targets.pos]
         queue = dict(step.parts.items()).get("queue")  # a ModuleDict has no .get
-        use = isinstance(queue, CodeQueue) and bool(step.hp.get("queue_on", True))
+        full = isinstance(queue, CodeQueue) and queue.full
+        use = step.hp.get("queue_on", True)  # from queue_start on (a schedule)
         eps, iters = step.hp["eps"], int(step.hp["sinkhorn_iters"])
         codes = []
         for j, e in enumerate(emb):
-            shared = queue.queue[j] @ w.T if use and queue.full else None  # type: ignore[union-attr]
-            codes.append(sinkhorn(e @ w.T, eps, iters, shared))
-        if use:
-            queue.push([dist.gather_no_grad(e) for e in emb])  # type: ignore[union-attr]
+            shared = queue.queue[j] @ w.T if full else None  # type: ignore[union-attr]
+            codes.append(sinkhorn(e @ w.T, eps, iters, shared, use))
+        if isinstance(queue, CodeQueue):  # filled from the start: full when it is first used
+            queue.push([dist.gather_no_grad(e) for e in emb])
         return codes
 
 
