@@ -16,6 +16,20 @@ from unigrad.methods.swav import pair_weights, sinkhorn
 N, C, K = 10, 8, 12
 
 
+#: the schedules off (no frozen prototypes, no warm-up, the queue used once full): the
+#: reference implementations below use the final values
+OFF = {
+    "swav": {"freeze_prototypes": 0, "queue_start": 0, "queue_size": 0},
+    "dino": {"freeze_prototypes": 0, "warmup_teacher_temp_epochs": 0},
+}
+
+
+def _obj(method, form=None, variant=None, **kw):
+    return Objective(
+        method, form, variant, dim=C, **{"n_prototypes": K, **OFF[method], **kw}
+    ).double()
+
+
 def _views(n_views=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(N, C, generator=g, dtype=torch.float64)
@@ -38,7 +52,7 @@ def _authors_sinkhorn(out, eps=0.05, iters=3):
 
 
 def _swav(n_views, **kw):
-    return Objective("swav", dim=C, n_prototypes=K, queue_size=0, **kw).double()
+    return _obj("swav", **kw)
 
 
 @pytest.mark.parametrize("n_views", [2, 4])
@@ -103,7 +117,7 @@ def test_dino_loss_and_centre_equal_its_authors_loss(n_views):
     """DINOLoss.forward: teacher softmax((t - c) / tau_t) per global view, every student view
     v != iq, the mean of the terms; then c <- 0.9 c + 0.1 mean(t)."""
     z, t = _views(n_views, seed=2)
-    obj = Objective("dino", dim=C, n_prototypes=K).double()
+    obj = _obj("dino")
     center0 = torch.randn(K, dtype=torch.float64) * 0.1
     obj.parts["center"].center.copy_(center0)
     protos = obj.parts["prototypes"]
@@ -148,16 +162,15 @@ def _grads(obj, z, t):
 def test_loss_form_and_exact_gradient_form_give_the_same_gradients(method, n_views):
     """The model's gradient (through u) and the prototypes' gradient (the added surrogate)."""
     z, t = _views(n_views, seed=4)
-    kw = {"queue_size": 0} if method == "swav" else {}
     torch.manual_seed(0)
-    lo = Objective(method, "loss", dim=C, n_prototypes=K, **kw).double()
-    gr = Objective(method, "grad", "exact", dim=C, n_prototypes=K, **kw).double()
+    lo = _obj(method, "loss")
+    gr = _obj(method, "grad", "exact")
     start = {k: v.clone() for k, v in lo.state_dict().items()}  # the centre changes with a call
     gr.load_state_dict(start)
     (a, pa), (b, pb) = _grads(lo, z, t), _grads(gr, z, t)
     assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), (a - b).abs().max()
     assert torch.allclose(pa, pb, rtol=1e-9, atol=1e-12), (pa - pb).abs().max()
-    s = Objective(method, "grad", "simple", dim=C, n_prototypes=K, **kw).double()
+    s = _obj(method, "grad", "simple")
     s.load_state_dict(start)
     c, pc = _grads(s, z, t)
     assert torch.allclose(pa, pc, rtol=1e-9, atol=1e-12)  # same prototype gradient
@@ -165,15 +178,18 @@ def test_loss_form_and_exact_gradient_form_give_the_same_gradients(method, n_vie
 
 
 @pytest.mark.parametrize("method", ["swav", "dino"])
-def test_frozen_prototypes_get_no_gradient_and_the_same_loss(method):
+@pytest.mark.parametrize("tensor_clock", [False, True])
+def test_frozen_prototypes_get_no_gradient_and_the_same_loss(method, tensor_clock):
+    """Frozen for the first epoch (a 0-d tensor step, as under compile: step, gates the same)."""
+    from unigrad.core.clock import Clock
+
     z, t = _views(seed=5)
-    kw = {"queue_size": 0} if method == "swav" else {}
-    obj = Objective(method, "loss", dim=C, n_prototypes=K, **kw).double()
-    ref = Objective(method, "loss", dim=C, n_prototypes=K, **kw).double()
+    obj = _obj(method, "loss", freeze_prototypes=1)
+    ref = _obj(method, "loss")
     ref.load_state_dict(obj.state_dict())
-    obj.hp["train_prototypes"] = torch.tensor(False)  # what the schedule gives before the epoch
-    loss = obj(z, targets=t)
-    assert torch.allclose(loss, ref(z, targets=t))
+    clock = Clock(torch.tensor(3) if tensor_clock else 3, steps_per_epoch=4, total_steps=40)
+    loss = obj(z, targets=t, step=clock)
+    assert torch.allclose(loss, ref(z, targets=t, step=clock))
     loss.backward()
     assert obj.parts["prototypes"].weight.grad.abs().max() == 0
     assert z[0].grad.abs().max() > 0
@@ -181,8 +197,8 @@ def test_frozen_prototypes_get_no_gradient_and_the_same_loss(method):
 
 def test_swav_queue_fills_then_joins_sinkhorn_and_is_state():
     z, t = _views(seed=6)
-    obj = Objective("swav", "loss", dim=C, n_prototypes=K, queue_size=2 * N).double()
-    no_queue = Objective("swav", "loss", dim=C, n_prototypes=K, queue_size=0).double()
+    obj = _obj("swav", "loss", queue_size=2 * N)
+    no_queue = _obj("swav", "loss")
     no_queue.load_state_dict(obj.state_dict(), strict=False)
     for seed in (8, 9):  # fills it (2 other batches of N)
         zf, tf = _views(seed=seed)
@@ -191,15 +207,18 @@ def test_swav_queue_fills_then_joins_sinkhorn_and_is_state():
     state = {k: v.clone() for k, v in obj.state_dict().items()}
     b = obj(z, targets=t)
     assert not torch.allclose(b, no_queue(z, targets=t))
-    resumed = Objective("swav", "loss", dim=C, n_prototypes=K, queue_size=2 * N).double()
+    resumed = _obj("swav", "loss", queue_size=2 * N)
     resumed.load_state_dict(state)
     assert resumed.parts["queue"].full
     assert torch.allclose(resumed(z, targets=t), b, rtol=1e-12)
-    for on, expected in ((False, no_queue(z, targets=t)), (True, b)):  # before queue_start
-        for gate in (on, torch.tensor(on)):  # Python bool (eager) or 0-d tensor (compiled)
+    from unigrad.core.clock import Clock
+
+    for start, expected in ((100, no_queue(z, targets=t)), (1, b)):  # before / after the start
+        for s in (5, torch.tensor(5)):  # an int step (eager) or a 0-d tensor (compile: step)
             resumed.load_state_dict(state)
-            resumed.hp["queue_on"] = gate
-            assert torch.allclose(resumed(z, targets=t), expected, rtol=1e-12), gate
+            resumed.hp["queue_start"] = start
+            got = resumed(z, targets=t, step=Clock(s, steps_per_epoch=4, total_steps=40))
+            assert torch.allclose(got, expected, rtol=1e-12), (start, s)
 
 
 def test_cutmix_is_refused_by_name():
@@ -341,8 +360,7 @@ def _dist_case(method, variant):
     torch.manual_seed(0)
     form = "loss" if variant == "loss" else "grad"
     kw = {"queue_size": 2 * N} if method == "swav" else {}
-    obj = Objective(method, form, None if form == "loss" else variant, dim=C, n_prototypes=K,
-                    **kw).double()  # fmt: skip
+    obj = _obj(method, form, None if form == "loss" else variant, **kw)
     if method == "swav":  # a full queue, the same on every rank
         obj.parts["queue"].push([F.normalize(x.detach(), dim=1).repeat(2, 1) for x in t])
     zz = [x[rows].detach().clone().requires_grad_(True) for x in z]
@@ -381,3 +399,32 @@ def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path):
         for k in s1:
             assert torch.allclose(s1[k].double(), s2[k].double(), rtol=1e-9, atol=1e-12), (case, k)
         assert not torch.allclose(p1, p2 * 2, rtol=1e-3)  # a sum instead of a mean would show
+
+
+def test_schedules_by_epoch_reach_the_terms():
+    """Through the declaration's schedules and the objective's clock: DINO's teacher
+    temperature warms up by epoch and its last layer is frozen for the first epoch; SwAV's
+    queue joins from queue_start (a 0-d tensor clock, as under compile: step, gives the same)."""
+    from unigrad.core.clock import Clock
+
+    z, t = _views(seed=12)
+    obj = _obj("dino", warmup_teacher_temp_epochs=3, freeze_prototypes=1)
+    temps = []
+    for step in (0, 4, 8, 12):  # epochs 0, 1, 2, 3 of 4 steps
+        obj.zero_grad()
+        clock = Clock(step, steps_per_epoch=4, total_steps=40)
+        zz = [x.detach().clone().requires_grad_(True) for x in z]
+        obj(zz, targets=t, step=clock).backward()
+        temps.append(float(obj.stats["teacher_temp"]))
+        frozen = obj.parts["prototypes"].weight.grad.abs().max() == 0
+        assert bool(frozen) == (step < 4), step
+    assert temps == pytest.approx([0.04, 0.055, 0.07, 0.07])
+    hp = obj.spec.needs.scheduled(obj.hp, Clock(torch.tensor(2), 4, 40))
+    assert float(hp["teacher_temp"]) == pytest.approx(0.04 + 0.03 * 0.5 / 2)
+    assert float(hp["teacher_momentum"]) == pytest.approx(
+        1 - (1 - 0.9995) * (math.cos(math.pi * 2 / 39) + 1) / 2
+    )
+    swav = _obj("swav", queue_start=2)
+    for step, on in ((0, False), (7, False), (8, True)):
+        for s in (step, torch.tensor(step)):
+            assert bool(swav.spec.needs.scheduled(swav.hp, Clock(s, 4, 40))["queue_on"]) == on

@@ -17,6 +17,7 @@ dl/dv_k = (I - w_k w_k^T) dl/dw_k / ||v_k||, which autograd carries from
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from torch import nn
 
 from unigrad.core import dist
 from unigrad.core.clock import Clock
+from unigrad.core.needs import Head, HeadContext, Needs
 from unigrad.core.spec import Param
 from unigrad.core.term import Step
 from unigrad.methods.swav import (
@@ -110,6 +112,23 @@ DINO_SCHEDULES = {
 }
 
 
+def dino_head(ctx: HeadContext) -> nn.Module:
+    """DINO's head up to its bottleneck: ``proj_depth`` linear layers with GELU between them
+    and no normalisation (its ``use_bn=False``), hidden width ``proj_hidden`` (default C),
+    output the bottleneck C = ``proj_dim``, weights trunc_normal(0.02) and biases 0. The l2
+    normalisation and the weight-normalised last layer follow in the objective (the
+    prototypes), so the gradient form sees u1 and W."""
+    hidden = ctx.proj_hidden or ctx.proj_dim
+    dims = [ctx.feat_dim] + [hidden] * (ctx.proj_depth - 1) + [ctx.proj_dim]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
+        linear = nn.Linear(a, b)
+        nn.init.trunc_normal_(linear.weight, std=0.02)
+        nn.init.zeros_(linear.bias)
+        layers += [linear] if i == len(dims) - 2 else [linear, nn.GELU()]
+    return nn.Sequential(*layers)
+
+
 class Center(nn.Module):
     """DINO's centre c [K] of the teacher's logits (a buffer, so checkpoints carry it)."""
 
@@ -137,7 +156,9 @@ class Distillation(PrototypeTerm):
         logits = [step.norm(t.detach()) @ w.T for t in step.targets.pos]
         center = step.parts["center"]
         assert isinstance(center, Center)
-        codes = [teacher_codes(x, center.center, step.hp["teacher_temp"]) for x in logits]
+        temp = step.hp["teacher_temp"]
+        step.stats["teacher_temp"] = torch.as_tensor(temp, dtype=torch.float32)
+        codes = [teacher_codes(x, center.center, temp) for x in logits]
         center.center.copy_(center_update(center.center, logits, step.hp["center_momentum"]))
         return codes
 
@@ -173,6 +194,7 @@ DINO = prototype_method(
         "freeze_prototypes": FREEZE.with_default(1.0),
     },
     train_defaults={"momentum_base": 0.9995},
+    needs=Needs(heads={"projector": Head(dino_head, copied=True)}, schedules=DINO_SCHEDULES),
 )
 
 METHODS = [DINO]

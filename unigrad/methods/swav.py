@@ -29,6 +29,7 @@ from torch import nn
 
 from unigrad.core import dist
 from unigrad.core.clock import Clock
+from unigrad.core.needs import Needs
 from unigrad.core.spec import Form, MethodSpec, Param
 from unigrad.core.term import Step, Term
 
@@ -186,7 +187,10 @@ class Prototypes(nn.Module):
     @torch.no_grad()
     def ema_(self, momentum: float | torch.Tensor) -> None:
         """teacher <- m teacher + (1 - m) v (a no-op while they are equal: the first step)."""
-        self.teacher.lerp_(self.weight.detach(), 1.0 - momentum)
+        weight = 1.0 - momentum
+        if isinstance(weight, torch.Tensor):  # a schedule's value under compile: step
+            weight = weight.to(self.teacher.dtype)
+        self.teacher.lerp_(self.weight.detach(), weight)
 
 
 class CodeQueue(nn.Module):
@@ -335,11 +339,13 @@ def prototype_method(
     code: str,
     target: str,
     params: dict[str, Param],
+    needs: Needs,
     train_defaults: dict[str, Any] | None = None,
 ) -> MethodSpec:
     """A prototype method: its loss form, the exact gradient form (default row) and the
     simplified row, with ``code`` / ``target`` naming its code and target embedding in the
-    table. ``tau`` (the student temperature) is added to ``params``."""
+    table. ``tau`` (the student temperature) is added to ``params``; ``needs`` declares its
+    heads and schedules."""
     neg = "sum_k s_k w_k / tau"
 
     def grad(key: str, pos: str, note: str, **kw: str) -> Form:
@@ -381,6 +387,7 @@ def prototype_method(
         default_grad="exact",
         params={"tau": PROTO_TAU, **params},
         train_defaults=dict(train_defaults or {}),
+        needs=needs,
     )
 
 
@@ -396,6 +403,12 @@ def after_epochs(param: str) -> Callable[[Clock, Mapping[str, Any]], Any]:
 
     return on
 
+
+#: per-epoch switches (read by the term from step.hp)
+SWAV_SCHEDULES = {
+    "queue_on": after_epochs("queue_start"),
+    "train_prototypes": after_epochs("freeze_prototypes"),
+}
 
 SWAV = prototype_method(
     "swav",
@@ -415,17 +428,12 @@ SWAV = prototype_method(
             int,
         ),
         "queue_start": Param(
-            "epoch from which the queue is filled", 50.0, lambda v: v >= 0, ">= 0"
+            "epoch from which the queue joins Sinkhorn (once full)", 50.0, lambda v: v >= 0, ">= 0"
         ),
         "freeze_prototypes": FREEZE.with_default(2.0),
     },
+    needs=Needs(schedules=SWAV_SCHEDULES),
 )
-
-#: per-epoch switches (read by the term from step.hp)
-SWAV_SCHEDULES = {
-    "queue_on": after_epochs("queue_start"),
-    "train_prototypes": after_epochs("freeze_prototypes"),
-}
 
 METHODS = [SWAV]
 
