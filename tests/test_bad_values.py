@@ -52,6 +52,17 @@ def test_sync_bn_on_the_cpu_under_torchrun_is_refused(monkeypatch):
         sync_batch_norm(model, True, torch.device("cpu"))
 
 
+def test_sync_bn_under_torchrun_on_the_cpu_is_our_line_not_torchs_error(tmp_path, tiny_folder):
+    from test_ddp import _run
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**TINY, "amp": "off", "max_steps": 1}))
+    args = ["pretrain", "--config", str(tmp_path / "c.yaml"), "--data", str(tiny_folder)]
+    args += ["--out", str(tmp_path / "run"), "--quiet", "--device", "cpu", "--set", "sync_bn=true"]
+    p = _run(args, nproc=2)
+    assert p.returncode != 0
+    assert "error: sync_bn needs GPUs" in p.stderr and "ValueError" not in p.stderr
+
+
 def test_a_fixed_size_vit_with_multi_crop_is_one_line(tmp_path, tiny_folder, capsys):
     pytest.importorskip("timm")
     fixed = "timm:vit_tiny_patch16_224,patch_size=4,dynamic_img_size=false"  # takes 16 px only

@@ -106,3 +106,16 @@ def test_unwritable_out_paths_are_refused_before_any_work(tmp_path, capsys, tiny
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert f"{blocker} is a file, not a folder; choose another --out" in err
+
+
+def test_full_disk_while_logging_metrics_is_one_line(tmp_path, monkeypatch):
+    from unigrad.engine import runlog
+
+    log = runlog.RunLog(tmp_path, tensorboard=False)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runlog, "open", full, raising=False)
+    with pytest.raises(UserError, match=r"no space left .*metrics\.csv.*--resume"):
+        log.log(1, 0.1, {"loss": 1.0})

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unigrad.core import dist
+from unigrad.engine.files import writing
 
 HEADER = ["step", "epoch", "name", "value"]
 
@@ -67,7 +68,8 @@ class RunLog:
         self.latest.update(metrics)
         for sink in self.sinks:
             sink.log(step, epoch, metrics)
-        with open(self.path, "a", newline="") as f:
+        fix = "free some space, then continue with --resume"
+        with writing(self.path, fix), open(self.path, "a", newline="") as f:
             w = csv.writer(f)
             for name, value in metrics.items():
                 w.writerow([step, f"{epoch:.4f}", name, f"{value:.6g}"])
