@@ -36,11 +36,12 @@ def _existing(path: Path) -> Path:
 def write_error(path: Path, e: OSError, fix: str, needed: int | None = None) -> UserError:
     """The one-line error for ``e``, raised while writing ``path`` (``needed``: its bytes)."""
     if e.errno in NO_SPACE:
-        free = shutil.disk_usage(_existing(path)).free
-        need = f"it needs {_mb(needed)}, " if needed is not None else ""
+        detail = ""
+        if needed is not None:  # an atomic write: its temporary file is gone
+            free = shutil.disk_usage(_existing(path)).free
+            detail = f" (it needs {_mb(needed)}, {_mb(free)} free; the partial file was removed)"
         return UserError(
-            f"no space left on the device for {path} ({need}{_mb(free)} free; the partial file "
-            f"was removed); free some space, then {fix}"
+            f"no space left on the device for {path}{detail}; free some space, then {fix}"
         )
     return UserError(f"cannot write {path} ({e.strerror or e}); {fix}")
 
