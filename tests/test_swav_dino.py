@@ -428,3 +428,77 @@ def test_schedules_by_epoch_reach_the_terms():
     for step, on in ((0, False), (7, False), (8, True)):
         for s in (step, torch.tensor(step)):
             assert bool(swav.spec.needs.scheduled(swav.hp, Clock(s, 4, 40))["queue_on"]) == on
+
+
+def _engine_train(method, views):
+    """3 steps of the engine's step (SGD, the declared and the run's actions): the objective's
+    state (prototypes, queue / centre / teacher copy) and the model after."""
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from unigrad.core.needs import HookContext
+    from unigrad.core.targets import TargetBranch
+    from unigrad.engine.optim import build_optimizer
+    from unigrad.engine.parts import RunParts, step_hooks
+    from unigrad.engine.step import train_step
+    from unigrad.models.networks import Encoder, SiameseModel
+
+    d = views[0].shape[1]
+    torch.manual_seed(1)  # the prototypes' start, as test_..._to_one_process rebuilds it
+    obj = _obj(method, **({"queue_size": 8} if method == "swav" else {}))
+    torch.manual_seed(0)
+    model = SiameseModel(Encoder(nn.Sequential(nn.Linear(d, 16), nn.ReLU()), nn.Linear(16, C)))
+    model.double()
+    target = TargetBranch(obj.spec.target, model.encoder)
+    net = DDP(model) if torch.distributed.is_initialized() else model
+    opt = build_optimizer(model, "sgd", 0.1, 0.0, objective=obj)
+    parts = RunParts(model, net, target, obj, opt, torch.amp.GradScaler("cpu", enabled=False),
+                     [0.1] * 3, [0.9] * 3, 0.1, None)  # fmt: skip
+    parts.hooks = step_hooks(obj.spec.needs, HookContext(model, target, obj, obj.hp))
+    for k in range(3):
+        train_step(parts, views, torch.Generator(), k, n_target=2)
+    state = {k: v.detach().clone() for k, v in obj.state_dict().items()}
+    return state, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _engine_views():
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(8, 6, generator=g, dtype=torch.float64)  # 8 images: 4 per rank
+    return [x + 0.3 * torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(2)]
+
+
+def _engine_worker(rank, world, path, results):
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        local = [v.chunk(world)[rank] for v in _engine_views()]
+        out = {m: _engine_train(m, local) for m in ("swav", "dino")}
+        gathered = [None] * world
+        tdist.all_gather_object(gathered, out)
+        if rank == 0:
+            torch.save(gathered, results)
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_trained_prototypes_stay_equal_on_two_ranks_and_to_one_process(tmp_path):
+    """The engine's step on 2 gloo ranks: the prototypes (their gradients averaged by the run's
+    action after backward), queue, centre and teacher copy are the same on both ranks and equal
+    to one process on the global batch after 3 SGD steps; so is the model."""
+    import torch.multiprocessing as mp
+
+    results = tmp_path / "out.pt"
+    mp.spawn(_engine_worker, args=(2, str(tmp_path / "rdv"), str(results)), nprocs=2, join=True)
+    r0, r1 = torch.load(results, weights_only=True)
+    for m in ("swav", "dino"):
+        one, model = _engine_train(m, _engine_views())
+        torch.manual_seed(1)
+        start = _obj(m).parts["prototypes"].weight  # seeded as _engine_train seeds it
+        moved = F.normalize(one["parts.prototypes.weight"], dim=1) - F.normalize(start, dim=1)
+        assert moved.abs().max() > 1e-4  # they trained
+        for k in one:
+            assert torch.equal(r0[m][0][k], r1[m][0][k]), (m, k)
+            assert torch.allclose(one[k], r0[m][0][k], rtol=1e-9, atol=1e-12), (m, k)
+        assert torch.allclose(model, r0[m][1], rtol=1e-9, atol=1e-12), m
