@@ -16,7 +16,7 @@ from unigrad.errors import UserError
 
 @pytest.fixture
 def bad_folder(tmp_path):
-    root = make_image_folder(tmp_path / "data", per_class=6)
+    root = make_image_folder(tmp_path / "data", splits=("train",), per_class=6)  # no evaluation
     for k in range(2):  # two truncated files in two classes
         good = root / "train" / f"c{k}" / "0.png"
         (root / "train" / f"c{k}" / "bad.png").write_bytes(good.read_bytes()[:60])
@@ -45,7 +45,7 @@ def test_a_worker_refusing_an_unreadable_file_gives_the_message_only(bad_folder)
 
 def pretrain(tmp_path, folder, capsys, bad_images):
     cfg = {**TINY, "pipeline": "standard", "workers": 2, "amp": "off", "online_probe": False}
-    cfg |= {"bad_images": bad_images, "epochs": 2, "log_every": 1, "diag_every": 0, "knn_every": 0}
+    cfg |= {"bad_images": bad_images, "epochs": 1, "log_every": 1, "diag_every": 0, "knn_every": 0}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / f"run-{bad_images}"
     args = ["--config", str(tmp_path / "c.yaml"), "--data", str(folder), "--out", str(out)]
