@@ -10,10 +10,19 @@ import torch.nn.functional as F
 
 from unigrad.core.objective import Objective
 from unigrad.experiments.derivations import EXACT_TOL, run_checks
+from unigrad.methods import METHODS as METHODS_
 from unigrad.methods.dino import teacher_temperature
 from unigrad.methods.swav import pair_weights, sinkhorn
 
 N, C, K = 10, 8, 12
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny float64 ops: threads only add overhead (and wait, loaded)
+    yield
+    torch.set_num_threads(old)
 
 
 #: the schedules off (no frozen prototypes, no warm-up, the queue used once full): the
@@ -370,27 +379,10 @@ def _dist_case(method, variant):
     return grads, proto, {k: v.clone() for k, v in obj.state_dict().items()}
 
 
-def _dist_worker(rank, world, path, results):
-    import torch.distributed as tdist
-
-    tdist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        out = {case: _dist_case(*case) for case in DIST_CASES}
-        if rank == 0:
-            torch.save(out, results)
-    finally:
-        tdist.destroy_process_group()
-
-
-def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path):
+def test_two_gloo_ranks_equal_one_process_on_the_global_batch(two_ranks):
     """Sinkhorn's sums (with the queue counted once), DINO's centre, the codes (through the
     gradients), the model's and the prototypes' gradients: 2 ranks == 1 process."""
-    import torch.multiprocessing as mp
-
-    results = tmp_path / "out.pt"
-    mp.spawn(_dist_worker, args=(2, str(tmp_path / "rdv"), str(results)), nprocs=2, join=True)
-    two = torch.load(results, weights_only=True)
+    two = two_ranks[0]["cases"]
     for case in DIST_CASES:
         g1, p1, s1 = _dist_case(*case)
         g2, p2, s2 = two[case]
@@ -467,14 +459,18 @@ def _engine_views():
     return [x + 0.3 * torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(2)]
 
 
-def _engine_worker(rank, world, path, results):
+def _worker(rank, world, path, results):
+    """Both 2-rank checks in one spawn (starting the processes is most of their cost)."""
     import torch.distributed as tdist
 
     tdist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
         local = [v.chunk(world)[rank] for v in _engine_views()]
-        out = {m: _engine_train(m, local) for m in ("swav", "dino")}
+        out = {
+            "cases": {case: _dist_case(*case) for case in DIST_CASES},
+            "engine": {m: _engine_train(m, local) for m in ("swav", "dino")},
+        }
         gathered = [None] * world
         tdist.all_gather_object(gathered, out)
         if rank == 0:
@@ -483,15 +479,21 @@ def _engine_worker(rank, world, path, results):
         tdist.destroy_process_group()
 
 
-def test_trained_prototypes_stay_equal_on_two_ranks_and_to_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    tmp = tmp_path_factory.mktemp("gloo")
+    results = tmp / "out.pt"
+    mp.spawn(_worker, args=(2, str(tmp / "rdv"), str(results)), nprocs=2, join=True)
+    return torch.load(results, weights_only=True)
+
+
+def test_trained_prototypes_stay_equal_on_two_ranks_and_to_one_process(two_ranks):
     """The engine's step on 2 gloo ranks: the prototypes (their gradients averaged by the run's
     action after backward), queue, centre and teacher copy are the same on both ranks and equal
     to one process on the global batch after 3 SGD steps; so is the model."""
-    import torch.multiprocessing as mp
-
-    results = tmp_path / "out.pt"
-    mp.spawn(_engine_worker, args=(2, str(tmp_path / "rdv"), str(results)), nprocs=2, join=True)
-    r0, r1 = torch.load(results, weights_only=True)
+    r0, r1 = (r["engine"] for r in two_ranks)
     for m in ("swav", "dino"):
         one, model = _engine_train(m, _engine_views())
         torch.manual_seed(1)
@@ -502,3 +504,51 @@ def test_trained_prototypes_stay_equal_on_two_ranks_and_to_one_process(tmp_path)
             assert torch.equal(r0[m][0][k], r1[m][0][k]), (m, k)
             assert torch.allclose(one[k], r0[m][0][k], rtol=1e-9, atol=1e-12), (m, k)
         assert torch.allclose(model, r0[m][1], rtol=1e-9, atol=1e-12), m
+
+
+def _train_side_by_side(method, form, variant, n_views):
+    """10 float64 steps of a tiny MLP Siamese network and the objective (SGD with momentum on
+    both), with every schedule on: 2-step epochs, prototypes frozen for the first epoch, SwAV's
+    queue (2 batches) from epoch 1, DINO's temperature warming up over 2 epochs. Returns every
+    model, target and objective tensor."""
+    from golden import D_IN, _model
+
+    from unigrad.core.clock import Clock
+    from unigrad.core.targets import TargetBranch
+
+    torch.manual_seed(0)
+    model = _model(False).double()
+    target = TargetBranch(METHODS_[method].target, model.encoder).double()
+    kw = {"queue_size": 2 * N, "queue_start": 1} if method == "swav" else {}
+    if method == "dino":
+        kw["warmup_teacher_temp_epochs"] = 2
+    obj = _obj(method, form, variant, freeze_prototypes=1, **kw)
+    opt = torch.optim.SGD([*model.parameters(), *obj.parameters()], lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(10):
+        views = [torch.randn(N, D_IN, generator=gen, dtype=torch.float64) for _ in range(n_views)]
+        z, _ = model(views)
+        loss = obj(z, targets=target(views[:2], z[:2]), step=Clock(step, 2, 10))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        target.update(model.encoder, 0.9, step + 1)
+        obj.after_step()
+    states = (model.state_dict(), target.state_dict(), obj.state_dict())
+    return {f"{i}.{k}": v.clone() for i, s in enumerate(states) for k, v in s.items()}
+
+
+@pytest.mark.parametrize("method", ["swav", "dino"])
+@pytest.mark.parametrize("n_views", [2, 4])
+def test_loss_form_and_gradient_form_train_alike(method, n_views):
+    """Trained side by side on the same views, the loss form and the exact gradient form end
+    with the same model, target, prototypes, queue / centre (to round-off); the simplified row
+    does not."""
+    loss = _train_side_by_side(method, "loss", None, n_views)
+    grad = _train_side_by_side(method, "grad", "exact", n_views)
+    simple = _train_side_by_side(method, "grad", "simple", n_views)
+    for k, v in loss.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, grad[k], rtol=1e-8, atol=1e-10), k
+    w = "2.parts.prototypes.weight"
+    assert not torch.allclose(loss[w], simple[w], rtol=1e-4)
