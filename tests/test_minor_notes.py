@@ -35,6 +35,7 @@ def test_an_image_size_above_the_images_gets_one_note(tmp_path, tiny_folder, cap
 def test_data_that_is_a_file_says_so(tmp_path, capsys):
     (tmp_path / "images.zip").write_bytes(b"PK")
     out = ["--out", str(tmp_path / "run")]
-    assert main(["pretrain", "--data", str(tmp_path / "images.zip"), *out]) == 2
-    err = capsys.readouterr().err
-    assert "images.zip is a file, not a folder" in err and "does not exist" not in err
+    for fallback in ([], ["--fallback-dataset", "cifar10"]):  # no download in its place
+        assert main(["pretrain", "--data", str(tmp_path / "images.zip"), *out, *fallback]) == 2
+        err = capsys.readouterr().err
+        assert "images.zip is a file, not a folder" in err and "does not exist" not in err

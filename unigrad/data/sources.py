@@ -207,6 +207,8 @@ class FolderSource(Source):
     @classmethod
     def from_config(cls, cfg: Any, root: str = "data") -> Source | None:
         data = getattr(cfg, "data", None)
+        if data is not None and Path(data).is_file():  # a mistake, not a missing folder
+            raise missing_folder_error(data)
         if data is None or (getattr(cfg, "fallback_dataset", None) and not Path(data).is_dir()):
             return None  # no folder, or a missing one with a fallback (TorchvisionSource's)
         return cls(data, getattr(cfg, "bad_images", "skip"))
@@ -252,8 +254,8 @@ class TorchvisionSource(Source):
         fallback = getattr(cfg, "fallback_dataset", None)
         if data is None and name is not None:
             return cls.checked(name, root, bool(getattr(cfg, "download", False)))
-        if fallback is None or (data is not None and Path(data).is_dir()):
-            return None
+        if fallback is None or (data is not None and Path(data).exists()):
+            return None  # a folder, or a file (the folder source refuses it)
         if data is not None:
             warnings.warn(
                 f"data folder {data} not found; using {fallback} under {root}/", stacklevel=3
