@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_image_folder
 from test_compiled_step import ALL_CASES, check_case
+from tinydata import make_image_folder
 
 
 def main() -> None:

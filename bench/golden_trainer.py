@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY, make_image_folder
 from golden import RECORDED_METHODS, method_forms
+from tinydata import TINY, make_image_folder
 
 from unigrad.config import build_config
 

@@ -12,7 +12,7 @@
    device match the CPU generator's in distribution (per view and channel, mean and std over
    4,096 images, within 0.05 normalised units; two CPU seeds differ by 0.008-0.019, measured).
 3. Throughput: steady-state img/s (data included) of a few methods at batch 256 on CIFAR-10
-   under fp32, bf16 and fp16 (``--throughput``; needs ``../shared/data/cifar10``).
+   under fp32, bf16 and fp16 (``--throughput``; data: ``$UNIGRAD_BENCH_DATA``, bench/harness.py).
 
     python bench/gpu_check.py [--device cuda] [--steps 5] [--throughput] [--json OUT.json]
 
@@ -32,9 +32,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY, make_image_folder
-from golden import method_forms
+from golden import method_forms  # plain module: no pytest
 from harness import machine, make_trainer, steady_state
+from tinydata import TINY, make_image_folder
 
 from unigrad.config import build_config
 from unigrad.data.pipeline import step_generator

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import tempfile
 import time
@@ -13,7 +14,12 @@ import torch
 from unigrad.config import build_config, load_yaml
 from unigrad.engine.trainer import Trainer
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+#: the CIFAR-10 ImageFolder the bench scripts train on: ``$UNIGRAD_BENCH_DATA``, else the
+#: shared copy beside the repository (a GPU machine gets it carried: bench/pack_inputs.py)
+DATA_ENV = "UNIGRAD_BENCH_DATA"
+CIFAR = Path(
+    os.environ.get(DATA_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+)
 
 
 def machine() -> str:

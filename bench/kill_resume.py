@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_image_folder
 from test_resume import KILL_CFG, assert_same_state, run_with_kills
+from tinydata import make_image_folder
 
 from unigrad.engine.checkpoint import load_checkpoint
 

@@ -176,8 +176,9 @@ def main() -> None:
         f"{'ratio':>8}{'ratio(bf16)':>13}"
     )
     for m in a.methods.split(","):
-        # first: its amp measurement sees a quiet host
-        tr = make_trainer(method=m, width=a.width, compile=a.compile)
+        # first: its amp measurement sees a quiet host. On the CPU, where lightly trains here
+        # (device auto would put unigrad on a GPU and compare two machines, issue 44)
+        tr = make_trainer(method=m, width=a.width, compile=a.compile, device="cpu")
         if a.compile != "off":
             steady_state(tr, 1)  # the compilation, not timed
         ours, _ = steady_state(tr, a.steps)

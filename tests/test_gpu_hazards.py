@@ -115,3 +115,21 @@ def test_amp_auto_on_cuda_is_bf16_where_the_gpu_has_it(capability, expected, mon
     assert device_mod.resolve_amp(cfg, nn.Linear(2, 2), CUDA, 16) == expected
     assert cfg.amp_resolved == device_mod.precision_name(expected)
     assert device_mod.amp_dtype("fp16", CUDA) == torch.float16  # explicit values as given
+
+
+def test_the_lightly_anchor_trains_unigrad_on_the_cpu_as_lightly():
+    """``bench/vs_lightly.py`` (lightly is not installed here: read, not run) builds unigrad's
+    trainer on the CPU, where its lightly loop trains; device auto would pick a GPU."""
+    import ast
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parents[1] / "bench" / "vs_lightly.py").read_text()
+    nodes = ast.walk(ast.parse(src))
+    calls = [
+        n for n in nodes if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "make_trainer"
+    ]
+    assert calls
+    for call in calls:
+        device = {k.arg: k.value for k in call.keywords}.get("device")
+        assert isinstance(device, ast.Constant) and device.value == "cpu"
+    assert 'autocast("cpu"' in src  # lightly's loop: CPU autocast
