@@ -26,13 +26,19 @@ MAX_FILES, MAX_DEPTH = 8, 2
 MAX_FILE_BYTES, MAX_TOTAL_BYTES = 16 * 2**20, 64 * 2**20
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 ARCHIVE = "session.tgz"
-#: never packed: checkpoints, weights, feature caches and TensorBoard event files
-LEFT_OUT = re.compile(r"(\.ckpt|\.pt|\.pth|\.safetensors|\.tmp)$|^events\.out\.tfevents")
+#: never packed: checkpoints, weights, feature caches, TensorBoard event files, run locks
+LEFT_OUT = re.compile(r"(\.ckpt|\.pt|\.pth|\.safetensors|\.tmp)$|^events\.out\.tfevents|^\.lock$")
+#: a grid's tables and report, which ``unigrad compare --tabulate`` makes again (git ignores them)
+REMADE = ("results.md", "results.csv")
 
 
 def left_out(path: Path) -> bool:
-    """Whether ``path`` stays out of the archive (a ``tb`` folder's files included)."""
-    return bool(LEFT_OUT.search(path.name)) or "tb" in path.parts[:-1]
+    """Whether ``path`` (relative to the staging tree) stays out of the archive: see
+    :data:`LEFT_OUT`, a ``tb`` folder's files, and a grid's tables and report."""
+    folders = path.parts[:-1]
+    if "grid_results" in folders and (path.name in REMADE or "report" in folders):
+        return True
+    return bool(LEFT_OUT.search(path.name)) or "tb" in folders
 
 
 def pack(tree: Path, out: Path) -> Path:

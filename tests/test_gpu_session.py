@@ -57,6 +57,9 @@ def _staged(tree: Path) -> None:
     for name in ("config.yaml", "metrics.csv", "result.json", "last.ckpt", "tb/events.out.x"):
         _write(run / name)
     _write(run / "events.out.tfevents.123.host")
+    _write(run / ".lock")
+    for name in ("results.md", "results.csv", "report/knn.png"):  # remade by --tabulate
+        _write(run.parent / name)
     _write(tree / "bench" / "gpu_runs" / "t-cuda" / "summary.md")
 
 
