@@ -32,10 +32,10 @@ ALL_CASES = {
     "unigrad-multicrop-cutmix": {"method": "unigrad", "multi_crop": "2x16,2x8", "cutmix": True},
     "simsiam-snapshot": {"method": "simsiam", "target": "snapshot", "snapshot_every": 2},
     "byol-adamw-wd": {"method": "byol", "optimizer": "adamw", "base_lr": 1e-3,
-                      "weight_decay": 0.04, "weight_decay_end": 0.4},
+                      "weight_decay": 0.04, "weight_decay_end": 0.4, "clip_grad": 0.05},
 }  # fmt: skip
 #: one per family and stateful part: bank, learned predictor + EMA, F + W_h (eigh), batch
-#: normalisation, F + multi-crop + CutMix, the snapshot target, AdamW + a weight-decay schedule
+#: normalisation, F + multi-crop + CutMix, the snapshot target, AdamW + wd schedule + clipping
 CASES = [
     "moco-loss", "byol-loss", "directpred-grad-d", "barlow_twins-grad-f",
     "unigrad-multicrop-cutmix", "simsiam-snapshot", "byol-adamw-wd",

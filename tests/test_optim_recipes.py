@@ -61,3 +61,11 @@ def test_timm_arguments_in_the_backbone_name_are_checked_in_one_line():
         make_backbone("timm:vit_tiny_patch16_224,no_such_arg=1,depth=1", image_size=16)
     net, dim = make_backbone("timm:resnet18", image_size=16)  # a convolutional net: any size
     assert dim == 512 and net(torch.randn(2, 3, 16, 16)).shape == (2, 512)
+
+
+def test_clipping_bounds_the_gradients_the_optimiser_steps_with(tiny_folder, tmp_path):
+    tr = trainer(tiny_folder, tmp_path, method="simclr", clip_grad=1e-3, max_steps=2)
+    tr.train()  # the last step's gradients stay on the parameters
+    grads = [p.grad for g in tr.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+    assert grads and float(norm) <= 1e-3 * (1 + 1e-4), float(norm)
