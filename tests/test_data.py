@@ -148,7 +148,7 @@ def test_per_image_path_substitutes_the_next_sample_deterministically(folder):
 # --- in-memory split: common size, cache ----------------------------------------------------
 
 
-def test_odd_sized_images_are_resized_to_the_most_common_size(folder):
+def test_odd_sized_images_are_resized_to_the_common_size(folder):
     write_image(folder / "train" / "dog" / "big.png", size=(20, 12))
     with pytest.warns(UserWarning, match="resized 1 of 7 images to the common size 8x8"):
         split = load_uint8(folder, use_cache=False)

@@ -4,6 +4,7 @@
 import shutil
 
 import pytest
+import torch
 import yaml
 from conftest import TINY, make_image_folder
 
@@ -69,3 +70,29 @@ def test_16_bit_png_keeps_its_grey_levels_in_both_pipelines(tmp_path):
     for rgb in (standard, fast):
         assert rgb.shape == (*levels.shape, 3)
         assert (rgb == levels[..., None]).all(), rgb[..., 0]
+
+
+# --- item 4: in-memory split of mixed sizes -------------------------------------------------
+
+
+def test_mixed_sizes_become_a_square_of_the_shorter_side_not_the_most_frequent_size(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from unigrad.data.sources import FolderSource
+
+    d = tmp_path / "data" / "train" / "a"
+    d.mkdir(parents=True)
+    for i in range(3):  # the most frequent size: tall, 40 x 20 (H x W)
+        Image.fromarray(np.full((40, 20, 3), 128, np.uint8)).save(d / f"tall{i}.png")
+    Image.fromarray(np.full((30, 30, 3), 128, np.uint8)).save(d / "square.png")
+    wide = np.full((20, 40, 3), 128, np.uint8)  # 20 x 40, red and blue stripes off its centre
+    wide[:, 11:14] = (255, 0, 0)
+    wide[:, 26:29] = (0, 0, 255)
+    for i in range(2):
+        Image.fromarray(wide).save(d / f"wide{i}.png")
+    with pytest.warns(UserWarning, match="resized 6 of 6 images to the common size 20x20"):
+        split = FolderSource(str(tmp_path / "data"), use_cache=False).load_uint8("train")
+    assert split.images.shape == (6, 3, 20, 20)
+    kept = split.images[-1]  # the wide image: shorter side 20, the centre 20 x 20 (half of it)
+    assert torch.equal(kept, torch.from_numpy(wide[:, 10:30]).permute(2, 0, 1))

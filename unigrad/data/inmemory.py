@@ -15,8 +15,8 @@ import hashlib
 import math
 import os
 import pickle
+import statistics
 import warnings
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +40,7 @@ try:
 except ImportError:  # deprecated in torchvision 0.29, to be removed: PIL decodes everything
     decode_image = None
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: mixed sizes become a square (common_size), not the most frequent size
 
 
 @dataclass
@@ -85,9 +85,10 @@ def load_folder(
 ) -> Uint8Split:
     """Decode every image of a folder split once into one uint8 tensor.
 
-    All images get one common size: ``size`` x ``size`` if given, else the most frequent size in
-    the split; an image of another size is resized to cover it (antialiased) and centre-cropped,
-    with one warning giving the count. The tensor is cached in
+    All images get one common size (:func:`common_size`): ``size`` x ``size`` if given, else
+    the images' own size when they share one, else a square of their median shorter side; an
+    image of another size is resized to cover it (antialiased) and centre-cropped, with one
+    warning giving the count. The tensor is cached in
     ``cache_dir/<parent>-<split>-<key>.pt`` (default :func:`default_cache_dir`), written
     atomically; the key hashes the folder path, ``size`` and every file's path, label, byte size
     and mtime, so any change to the files rebuilds it (an unreadable cache file is rebuilt too).
@@ -95,7 +96,7 @@ def load_folder(
 
     Args:
         folder: the split (its ``bad_images`` says whether to skip or refuse unreadable files).
-        size: common side length (None: the most frequent size).
+        size: common side length (None: see :func:`common_size`).
         cache_dir: where cached tensors live.
         use_cache: read and write the cache.
     """
@@ -176,9 +177,22 @@ def _decode_folder(folder: SafeImageFolder, size: int | None) -> Uint8Split:
     return Uint8Split(stacked, torch.tensor(labels), folder.classes, skipped, n_resized)
 
 
+def common_side(images: list[torch.Tensor]) -> tuple[int, int]:
+    """(H, W) that images [3, h, w] of mixed sizes share: a square of their median shorter
+    side (the most of every image that one square keeps); their own size when they share one.
+    """
+    sizes = {tuple(x.shape[1:]) for x in images}
+    if len(sizes) == 1:
+        return sizes.pop()  # type: ignore[return-value]
+    side = int(statistics.median_low(min(x.shape[1:]) for x in images))
+    return side, side
+
+
 def common_size(images: list[torch.Tensor], size: int | None) -> tuple[torch.Tensor, int]:
-    """Stack [3, h, w] images into [N, 3, H, W], resizing (cover + centre crop) the odd ones."""
-    hw = (size, size) if size else Counter(x.shape[1:] for x in images).most_common(1)[0][0]
+    """Stack [3, h, w] images into [N, 3, H, W] (H x W: ``size`` x ``size``, else
+    :func:`common_side`), resizing the others so that they cover it (the shorter side, for a
+    square) and centre-cropping them."""
+    hw = (size, size) if size else common_side(images)
     odd = [i for i, x in enumerate(images) if tuple(x.shape[1:]) != tuple(hw)]
     for i in odd:
         h, w = images[i].shape[1:]

@@ -142,7 +142,8 @@ class Source(ABC):
 
     def load_uint8(self, split: str, size: int | None = None) -> inmemory.Uint8Split:
         """The whole split decoded into [N, 3, H, W] uint8 at one common size (``size``, else
-        the most frequent; see :func:`unigrad.data.inmemory.common_size`)."""
+        the images' own when they share one, else a square; see
+        :func:`unigrad.data.inmemory.common_size`)."""
         ds: Any = self.open(split, v2.ToImage())
         items = [ds[i] for i in range(len(ds))]
         images, n_resized = inmemory.common_size(
