@@ -96,3 +96,40 @@ def test_mixed_sizes_become_a_square_of_the_shorter_side_not_the_most_frequent_s
     assert split.images.shape == (6, 3, 20, 20)
     kept = split.images[-1]  # the wide image: shorter side 20, the centre 20 x 20 (half of it)
     assert torch.equal(kept, torch.from_numpy(wide[:, 10:30]).permute(2, 0, 1))
+
+
+# --- item 3: the CPU segfault of a channels_last 1x1 stride-2 convolution at 8 channels -----
+
+
+def test_width_0125_on_56_px_views_trains_in_channels_last(tmp_path):
+    """ResNet-18 at width 0.125 with the CIFAR stem on 56 px views has the crashing shape (its
+    first downsampling, 8 -> 16 channels, on 56 x 56 inputs: bench/cpu_conv_1x1_segfault.py);
+    run in a subprocess, so that a segmentation fault fails this test, not pytest."""
+    import os
+    import subprocess
+    import sys
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=56)
+    cfg = _tiny_config(tmp_path, image_size=56, batch_size=4, max_steps=1, channels_last=True)
+    cmd = [sys.executable, "-m", "unigrad", "pretrain", "--config", cfg, "--data", str(data)]
+    cmd += ["--out", str(tmp_path / "run"), "--quiet", "--set", "final_linear_epochs=0"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "UNIGRAD_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_the_crashing_convolution_is_guarded_on_the_cpu_only():
+    from unigrad.engine.device import guard_cpu_convs
+    from unigrad.models.networks import resnet_backbone
+
+    net = resnet_backbone("resnet18", width=0.125, cifar_stem=True)[0]
+    net = net.to(memory_format=torch.channels_last)
+    assert guard_cpu_convs(net, torch.device("cuda")) == 0  # a GPU keeps its layout
+    assert guard_cpu_convs(net, torch.device("cpu")) == 1  # layer2's 1x1 downsampling, 8 -> 16
+    w = net.layer2[0].downsample[0].weight
+    assert w.stride() == (8, 1, 1, 1)
+    x = torch.randn(2, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = net.layer2[0].downsample[0](x)
+    assert y.is_contiguous()  # the hook gave the convolution a contiguous input

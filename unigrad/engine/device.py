@@ -54,6 +54,41 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+#: Fewer input channels than this make a channels_last 1x1 strided convolution crash on the CPU.
+CRASHING_CONV_CHANNELS = 16
+
+
+def crashes_on_cpu(conv: torch.nn.Module) -> bool:
+    """Whether ``conv`` has the shape whose channels_last fp32 backward ends the process with a
+    segmentation fault on the CPU (torch 2.14.1, oneDNN; 1x1 kernel, stride 2, 8 input channels
+    or fewer, inputs of 56 px or more: ``bench/cpu_conv_1x1_segfault.py``; the bound is kept
+    loose, at < 16 channels). ResNet-18 at width 0.125 has one: its first downsampling."""
+    return (
+        isinstance(conv, torch.nn.Conv2d)
+        and tuple(conv.kernel_size) == (1, 1)
+        and max(conv.stride) > 1
+        and conv.in_channels < CRASHING_CONV_CHANNELS
+    )
+
+
+def _contiguous_input(conv: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (args[0].contiguous(), *args[1:])
+
+
+def guard_cpu_convs(model: torch.nn.Module, device: torch.device) -> int:
+    """On the CPU, run every convolution of ``model`` that :func:`crashes_on_cpu` in the
+    contiguous layout (its weight and, by a forward pre-hook, its input [B, C, H, W]); the rest
+    of a channels_last model keeps its layout, the numbers are the same. Returns how many."""
+    if device.type != "cpu":
+        return 0
+    convs = [m for m in model.modules() if crashes_on_cpu(m)]
+    for conv in convs:
+        w = conv.weight  # a 1x1 kernel counts as contiguous in either layout: force the strides
+        w.data = w.data.clone(memory_format=torch.contiguous_format)
+        conv.register_forward_pre_hook(_contiguous_input)
+    return len(convs)
+
+
 #: bf16 is chosen over fp32 only when its step is at least this much faster.
 BF16_MARGIN = 1.05
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -25,7 +25,7 @@ from unigrad.core.needs import HookContext, Needs
 from unigrad.core.objective import Mix, Objective
 from unigrad.core.targets import TargetBranch, cosine_momentum
 from unigrad.data.pipeline import TrainData
-from unigrad.engine.device import resolve_amp
+from unigrad.engine.device import guard_cpu_convs, resolve_amp
 from unigrad.engine.optim import build_optimizer, clip_grad_norm, lr_schedule, wd_schedule
 from unigrad.errors import UserError
 from unigrad.eval.online_probe import OnlineProbe, backbone_width
@@ -212,6 +212,7 @@ def build_parts(
     model = sync_batch_norm(model, cfg.sync_bn, device).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+        guard_cpu_convs(model, device)  # a CPU segfault of one conv shape (issue 45 item 3)
     target = TargetBranch(
         cfg.target or spec.target, model.encoder, cfg.snapshot_every or steps_per_epoch
     )
