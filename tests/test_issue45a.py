@@ -133,3 +133,59 @@ def test_the_crashing_convolution_is_guarded_on_the_cpu_only():
     with torch.no_grad():
         y = net.layer2[0].downsample[0](x)
     assert y.is_contiguous()  # the hook gave the convolution a contiguous input
+
+
+# --- item 2: --max-steps stops early within the schedules of --epochs -----------------------
+
+
+def _trainer(folder, out, resume=False, **over):
+    from unigrad.config import build_config
+    from unigrad.engine.trainer import Trainer
+
+    fixed = {"data": str(folder), "out": str(out), "deterministic": True, "amp": "off"}
+    quiet = {"diag_every": 0, "knn_every": 0, "final_linear_epochs": 0, "knn_baseline": False}
+    cfg = build_config(TINY, {**fixed, **quiet}, over)
+    return Trainer(cfg, resume=resume, show_progress=False)
+
+
+def test_max_steps_keeps_the_epochs_schedules_and_a_longer_resume_continues_them(
+    tmp_path, tiny_folder
+):
+    first = _trainer(tiny_folder, tmp_path / "a", max_steps=2)
+    assert first.total_steps == 2 and len(first.parts.lr) == 6  # 2 epochs of 3 steps
+    first.fit()
+    resumed = _trainer(tiny_folder, tmp_path / "a", resume=True, max_steps=4)
+    resumed.fit()
+    whole = _trainer(tiny_folder, tmp_path / "b", max_steps=4)
+    whole.train()  # the loop alone
+    assert resumed.step == whole.step == 4
+    for part in ("model", "target", "objective"):
+        got, want = getattr(resumed, part).state_dict(), getattr(whole, part).state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), part
+    saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert saved["max_steps"] == 4  # config.yaml says where the run now stops
+
+
+def test_resume_refuses_another_schedule_in_one_line(tmp_path, tiny_folder, capsys):
+    from unigrad.engine.checkpoint import load_checkpoint, save_checkpoint
+    from unigrad.errors import UserError
+
+    _trainer(tiny_folder, tmp_path / "a", max_steps=2).train()
+    with pytest.raises(UserError, match=r"schedules of 6 steps, this run's have 9 \(epochs 2 -> 3"):
+        _trainer(tiny_folder, tmp_path / "a", resume=True, epochs=3)
+    # a checkpoint written before the schedules' length was recorded: max_steps set it then
+    last = tmp_path / "a" / "last.ckpt"
+    state = load_checkpoint(last)
+    del state["schedule_steps"]
+    save_checkpoint(state, last)
+    with pytest.raises(UserError, match="squeezed them into its --max-steps 2") as e:
+        _trainer(tiny_folder, tmp_path / "a", resume=True, max_steps=4)
+    assert "\n" not in str(e.value) and "start a new --out" in str(e.value)
+
+
+def test_max_steps_help_says_the_schedules_stay_those_of_epochs():
+    from unigrad.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["pretrain"]
+    text = " ".join(sub.format_help().split())
+    assert "the lr and EMA schedules stay those of --epochs" in text

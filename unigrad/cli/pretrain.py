@@ -95,7 +95,13 @@ def _pretrain(p: argparse.ArgumentParser) -> None:
         help="CutMix on the online views (needs a momentum or snapshot target)",
     )
     p.add_argument("--seed", type=int)
-    p.add_argument("--max-steps", dest="max_steps", type=int, help="stop after this many steps")
+    p.add_argument(
+        "--max-steps",
+        dest="max_steps",
+        type=int,
+        help="stop after this many steps, early within the run: the lr and EMA schedules stay "
+        "those of --epochs (a later --resume with a larger --max-steps continues them)",
+    )
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument(
         "--resume", action="store_true", help="continue RUN from its last good checkpoint"

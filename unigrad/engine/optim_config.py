@@ -27,7 +27,9 @@ class OptimConfig(Section):
     name = "optim"
 
     epochs: int = setting(100, "epochs to train")
-    max_steps: int | None = setting(None, "stop early (smoke tests, benchmarks)")
+    max_steps: int | None = setting(
+        None, "stop at this step, within the schedules of epochs (smoke tests, benchmarks)"
+    )
     batch_size: int = setting(256, "global batch (split over ranks)", "arch")
     optimizer: str = setting("sgd", "sgd | lars | adamw (torch's AdamW, default betas)")
     base_lr: float = setting(0.05, "lr = base_lr * batch_size / 256")

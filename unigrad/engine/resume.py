@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from unigrad.config import keys_tagged, save_config
 from unigrad.core import dist
@@ -111,9 +112,37 @@ def lock_run_dir(out: Path) -> Any:
     return f
 
 
-def find_resume_state(out: Path, cfg: Any) -> tuple[Path, dict[str, Any]] | None:
+def check_same_schedule(path: Path, state: dict[str, Any], cfg: Any, schedule_steps: int) -> None:
+    """Refuse to continue a checkpoint whose lr and EMA schedules had another length than this
+    run's ``schedule_steps`` (epochs x steps per epoch; the batch size and the data set the
+    latter), which would join two schedules. ``max_steps`` only stops a run within them; a
+    checkpoint that does not record the length was written when ``max_steps`` set it."""
+    old = state.get("config", {})
+    length = state.get("schedule_steps")
+    why = f"epochs {old.get('epochs')!r} -> {cfg.epochs!r}"
+    if old.get("epochs") == cfg.epochs:
+        why = "another number of steps per epoch: other data"
+    if length is None:  # an older checkpoint: its schedules ended at max_steps when set
+        length = schedule_steps // max(cfg.epochs, 1) * int(old.get("epochs") or cfg.epochs)
+        if old.get("max_steps") and old["max_steps"] < length:
+            length = int(old["max_steps"])
+            why = f"an earlier version squeezed them into its --max-steps {length}"
+    if length == schedule_steps:
+        return
+    raise UserError(
+        f"{path} was trained on lr and EMA schedules of {length} steps, this run's have "
+        f"{schedule_steps} ({why}); --resume continues the same schedules: resume with the "
+        "run's --epochs and data (--max-steps only stops early within them), or start a new --out"
+    )
+
+
+def find_resume_state(
+    out: Path, cfg: Any, schedule_steps: int | None = None
+) -> tuple[Path, dict[str, Any]] | None:
     """The newest readable checkpoint of ``out`` and its state, checked against ``cfg``'s
-    architecture; None when ``out`` holds no checkpoint yet (a fresh start, said on stderr)."""
+    architecture and (given ``schedule_steps``) the length of its schedules
+    (:func:`check_same_schedule`); None when ``out`` holds no checkpoint yet (a fresh start,
+    said on stderr)."""
     found = ckpt.latest_good(
         out, warn=lambda m: print(m, file=sys.stderr) if dist.is_main() else None
     )
@@ -140,17 +169,21 @@ def find_resume_state(out: Path, cfg: Any) -> tuple[Path, dict[str, Any]] | None
         if old.get("backbone") == "custom" and cfg.backbone != "custom":
             hint = "it trained your own backbone module: pass it again, Trainer(cfg, backbone=...)"
         raise UserError(f"{path} was written by a different run ({'; '.join(diff)}); {hint}")
+    if schedule_steps is not None:
+        check_same_schedule(path, state, cfg, schedule_steps)
     return path, state
 
 
-def load_resume_state(out: Path, cfg: Any, parts: Any) -> tuple[Path | None, int]:
+def load_resume_state(
+    out: Path, cfg: Any, parts: Any, schedule_steps: int | None = None
+) -> tuple[Path | None, int]:
     """Load the newest good checkpoint of ``out`` into ``parts`` (:func:`find_resume_state`);
     returns (its path, its step), or (None, 0) for a fresh start. Every rank reads it; in a
     distributed run an error on one rank is the same error on all, and every rank must have
     found the same checkpoint (else ``--out`` is not on a filesystem all nodes share)."""
     path, step = None, 0
     with dist.agreed_errors():
-        found = find_resume_state(out, cfg)
+        found = find_resume_state(out, cfg, schedule_steps)
         if found is not None:
             path, state = found
             try:
@@ -201,9 +234,13 @@ def open_run(out: Path, cfg: Any, *, resumed: bool, step: int, skipped: int) -> 
             file=sys.stderr,
         )
     log.truncate_after(step)
+    saved = out / "config.yaml"
+    stored = yaml.safe_load(saved.read_text()) if resumed and saved.is_file() else None
+    if isinstance(stored, dict) and stored.get("max_steps") != cfg.max_steps and dist.is_main():
+        save_config(cfg, saved)  # where the run stops now (--max-steps of the resume)
     if not resumed:
         if dist.is_main():
-            save_config(cfg, out / "config.yaml")
+            save_config(cfg, saved)
         log.log(0, 0.0, {"data/skipped_images": float(skipped)})
     return lock, log
 

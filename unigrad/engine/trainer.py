@@ -130,11 +130,12 @@ class Trainer:
         self.data: TrainData = run_data.train  # training views and the probe batch
         self.eval_data: EvalData | None = run_data.eval  # the kNN / linear splits
         self.steps_per_epoch = self.data.steps_per_epoch
-        self.total_steps = self.steps_per_epoch * cfg.epochs
-        if cfg.max_steps is not None:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
+        #: the length of the lr and EMA schedules: the epochs' (max_steps stops early within it)
+        self.schedule_steps = self.steps_per_epoch * cfg.epochs
+        #: the step the run stops at: ``max_steps`` where it comes first
+        self.total_steps = min(self.schedule_steps, cfg.max_steps or self.schedule_steps)
         self.parts: RunParts = build_parts(
-            cfg, self.device, self.data, self.total_steps, backbone, feat_dim
+            cfg, self.device, self.data, self.schedule_steps, backbone, feat_dim
         )
         self.step_mode, self._step_fn = choose_step(cfg, self.parts, self.device)
         self.n_views = self.data.n_views
@@ -149,7 +150,7 @@ class Trainer:
     # ------------------------------------------------------------------ the run directory
     def _resume(self) -> Path | None:
         """Load the newest good checkpoint; None (fresh start) when there is none yet."""
-        path, self.step = load_resume_state(self.out, self.cfg, self.parts)
+        path, self.step = load_resume_state(self.out, self.cfg, self.parts, self.schedule_steps)
         if path is not None and dist.is_main():
             print(f"resumed from {path} at step {self.step}")
         return path
@@ -183,7 +184,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        return self.parts.state_dict(self.cfg, self.step, self.steps_per_epoch)
+        state = self.parts.state_dict(self.cfg, self.step, self.steps_per_epoch)
+        return {**state, "schedule_steps": self.schedule_steps}  # what --resume must continue
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = self.parts.load_state_dict(state)
