@@ -241,7 +241,7 @@ def sections(s: Session) -> None:
     steps = ["--steps", "2" if tiny else "20"]
     timed = [
         ("bf16 quick network", ["--amp", "bf16", "--families", "unigrad"], "w0.25-bf16", 150),
-        ("device draws", None, "augment_draws", 90),
+        ("device draws", None, "augment_draws", 150),
         ("BYOL fp32", ["--amp", "off", "--families", "byol"], "w0.25-byol-fp32", 150),
         ("full width bf16", ["--amp", "bf16", "--width", "1", "--families", "unigrad"],
          "w1-bf16", 180),

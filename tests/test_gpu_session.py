@@ -105,7 +105,7 @@ def test_the_session_script_fails_fast_with_a_clear_code_without_data(tmp_path):
 @pytest.mark.slow
 def test_the_cpu_rehearsal_ends_in_time_fits_the_return_and_retabulates(tmp_path):
     """The whole session with ``--device cpu --tiny`` (minutes on 2 shared cores)."""
-    out, minutes = tmp_path / "out", 9
+    out, minutes = tmp_path / "out", 6  # the sections after bf16 end skipped by the deadline
     env = dict(os.environ, PYTHON=sys.executable, UNIGRAD_CACHE=str(tmp_path / "cache"))
     env.pop("UNIGRAD_BENCH_DATA", None)
     cmd = ["bash", "bench/gpu_session.sh", "--device", "cpu", "--tiny", "--minutes", str(minutes),
@@ -114,7 +114,7 @@ def test_the_cpu_rehearsal_ends_in_time_fits_the_return_and_retabulates(tmp_path
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     elapsed = time.monotonic() - t
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert elapsed < minutes * 60
+    assert elapsed < minutes * 60 + 30  # the wrapper's hard stop: 30 s after the deadline
     assert gpu_return.check(out) == []
     summary = (out / "summary.md").read_text()
     for section in ("preflight", "step vs eager", "ladder", "bf16 quick network", "done"):
