@@ -261,3 +261,41 @@ def test_no_int_enters_a_compiled_graph_and_steps_share_the_graphs(tiny_folder, 
         run(tiny_folder, tmp_path / method, {"method": method}, "step", steps=8)
         assert 2 <= len(graphs) <= 5, f"{method}: {len(graphs)} graphs for 8 steps"
         assert all(g == [] for g in graphs), f"{method}: int inputs {graphs}"
+
+
+@pytest.mark.parametrize("mode", ["off", "step"])
+def test_step_hooks_run_after_backward_and_after_the_optimiser_step(
+    mode, tiny_folder, tmp_path, monkeypatch
+):
+    """``parts.hooks`` in the eager and in the compiled step (one step, two ways to run it): an
+    action after backward cancels the projector's last layer's gradient, so with no weight decay
+    that layer never moves while the others do; an action after the optimiser step runs once a
+    step and sees the step index (an int eagerly, a 0-d tensor compiled)."""
+    monkeypatch.setenv("UNIGRAD_COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    cfg = build_config(
+        TINY,
+        {"data": str(tiny_folder), "out": str(tmp_path), "max_steps": 3, "epochs": 10,
+         "amp": "off", "diag_every": 0, "knn_every": 0, "method": "byol",
+         "weight_decay": 0.0, "compile": mode},
+    )  # fmt: skip
+    tr = Trainer(cfg, show_progress=False, backbone=TinyNet())
+    layers = [m for m in tr.model.encoder.projector.modules() if isinstance(m, nn.Linear)]
+    frozen, moving = layers[-1].weight, layers[0].weight
+    before = (frozen.detach().clone(), moving.detach().clone())
+    count, last = torch.zeros((), dtype=torch.int64), torch.full((), -1, dtype=torch.int64)
+
+    def cancel(clock) -> None:
+        frozen.grad.zero_()
+
+    def record(clock) -> None:
+        count.add_(1)
+        last.fill_(clock.step)
+
+    tr.parts.hooks.backward.append(cancel)
+    tr.parts.hooks.optimizer_step.append(record)
+    tr.train()
+    assert tr.step_mode == ("step" if mode == "step" else "off")
+    assert torch.equal(frozen.detach(), before[0]), "the gradient was not cancelled"
+    assert not torch.equal(moving.detach(), before[1])
+    assert (int(count), int(last)) == (3, 2)

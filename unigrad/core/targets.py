@@ -79,6 +79,12 @@ class TargetBranch(nn.Module):
     def has_copy(self) -> bool:
         return self.net is not None
 
+    @property
+    def has_ema(self) -> bool:
+        """Whether the copy follows the online encoder by EMA after every step (:meth:`ema_`);
+        the snapshot's copy is refreshed by :meth:`update` instead."""
+        return self.net is not None and self.kind != "snapshot"
+
     @torch.no_grad()
     def embed(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Run the copied encoder on each view; [N, 3, H, W] -> [N, C]."""

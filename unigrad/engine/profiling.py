@@ -20,6 +20,12 @@ class NullTimer:
         yield
 
 
+def section(timer: NullTimer | None, name: str) -> contextlib.AbstractContextManager[None]:
+    """``timer(name)``, or a context that does nothing for ``timer=None`` (the regions of the
+    compiled step are traced with ``None``: a graph holds no timer)."""
+    return contextlib.nullcontext() if timer is None else timer(name)
+
+
 class SectionTimer(NullTimer):
     """Accumulates wall time per section; synchronises CUDA around each section."""
 

@@ -25,14 +25,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from unigrad.config import Config, check_config
+from unigrad.config import Config, check_config, save_config
 from unigrad.core import dist
 from unigrad.core.objective import target_views
 from unigrad.data.evaluation import EvalData
 from unigrad.data.pipeline import TrainData, build_train_data
 from unigrad.engine import checkpoint as ckpt
 from unigrad.engine.callbacks import Callback, Interrupted, default_callbacks
-from unigrad.engine.compiled import choose_step
+from unigrad.engine.compiled import AutoStep, choose_step
 from unigrad.engine.device import select_device
 from unigrad.engine.files import check_writable, writing
 from unigrad.engine.loop import run_loop
@@ -138,6 +138,8 @@ class Trainer:
             cfg, self.device, self.data, self.schedule_steps, backbone, feat_dim
         )
         self.step_mode, self._step_fn = choose_step(cfg, self.parts, self.device)
+        if self.step_mode != "auto":  # auto: recorded at its verdict (train_step)
+            cfg.compile_resolved = self.step_mode
         self.n_views = self.data.n_views
         self.n_target = target_views(self.n_views, cfg.symmetry)
         self.step = 0
@@ -219,17 +221,21 @@ class Trainer:
         self, views: list[torch.Tensor], gen: torch.Generator
     ) -> dict[str, torch.Tensor]:
         """One optimisation step on a list of augmented views (global first)."""
-        stats = self._step_fn(
-            self.parts,
-            views,
-            gen,
-            self.step,
-            n_target=self.n_target,
-            cutmix=self.cfg.cutmix,
-            timer=self.timer,
-        )
+        kw = {"n_target": self.n_target, "cutmix": self.cfg.cutmix}
+        if isinstance(self._step_fn, AutoStep):  # compile: auto decides at the first step
+            choice, self._step_fn = self._step_fn.decide(views, self.step, **kw)
+            self._record_compile(choice)
+        stats = self._step_fn(self.parts, views, gen, self.step, timer=self.timer, **kw)
         self.step += 1
         return stats
+
+    def _record_compile(self, choice: str) -> None:
+        """``compile: auto``'s verdict in ``cfg.compile_resolved``, and in config.yaml when a
+        fresh run has written it already."""
+        self.cfg.compile_resolved = choice
+        record = self.out / "config.yaml"
+        if self.step == 0 and dist.is_main() and record.is_file():
+            save_config(self.cfg, record)
 
     def callbacks(self) -> list[Callback]:
         """The built-in jobs the configuration asks for, then the caller's."""
