@@ -27,23 +27,25 @@ def main() -> None:
     tr = make_trainer()
     if a.extract_only:
         return extract(tr)
-    assert tr.parts.probe is not None, "the probe needs CIFAR-10's labels and val split"
-    cb, bs = OnlineProbeMonitor(), tr.cfg.batch_size
+    cb = next((c for c in tr.callbacks() if isinstance(c, OnlineProbeMonitor)), None)
+    assert cb is not None, "the probe needs CIFAR-10's labels and val split"
+    bs, state = tr.cfg.batch_size, tr.loop_state
     it = tr.data.epoch(0, 0)
 
     def timed(n: int, probe: bool) -> float:
         if probe:
-            cb.on_fit_start(tr)  # the forward hook
+            cb.on_fit_start(state)  # the forward hook
         t = time.perf_counter()
         for _ in range(n):
-            batch = next(it)
+            state.batch = next(it)
             if probe:
-                cb.on_batch(tr, batch)
-            stats = tr.train_step(batch.views, tr.data.cutmix_generator(tr.step))
+                cb.on_batch(state)
+            state.stats = tr.train_step(state.batch.views, tr.data.cutmix_generator(tr.step))
+            state.clock = tr.clock
             if probe:
-                cb.on_step(tr, stats, bs)
+                cb.on_step(state)
         elapsed = time.perf_counter() - t
-        cb.on_fit_end(tr)
+        cb.on_fit_end(state)
         return n * bs / elapsed
 
     timed(2, True), timed(2, False)  # warm-up
@@ -57,10 +59,10 @@ def main() -> None:
     print(f"steps: {2 * a.rounds * a.steps} (+4 warm-up), batch {bs}")
     print(f"with probe {mean_on:.1f} img/s, without {mean_off:.1f} img/s, ratio "
           f"{mean_on / mean_off:.4f} (cost {100 * (1 - mean_on / mean_off):.2f} %)")  # fmt: skip
-    feats = torch.randn(10000, tr.parts.probe.weight.shape[1])
-    labels = torch.randint(0, tr.parts.probe.weight.shape[0], (10000,))
+    feats = torch.randn(10000, cb.probe.weight.shape[1])
+    labels = torch.randint(0, cb.probe.weight.shape[0], (10000,))
     t = time.perf_counter()
-    tr.parts.probe.top1(feats, labels)
+    cb.probe.top1(feats, labels)
     print(f"scoring on 10000 eval features: {1000 * (time.perf_counter() - t):.1f} ms")
 
 

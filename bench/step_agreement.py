@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from harness import machine
 
-from unigrad.engine.callbacks import Callback
+from unigrad.engine.callbacks import Callback, LoopState
+from unigrad.engine.parts import RunParts
 from unigrad.engine.trainer import Trainer
 from unigrad.experiments.grid import load_grid, run_configs
 
@@ -46,17 +47,17 @@ class Probe(Callback):
         self.states: dict[int, torch.Tensor] = {}
         self.clock: dict[int, float] = {}
 
-    def on_step(self, trainer: Trainer, stats: Any, n_images: int) -> None:
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)
-        self.clock[trainer.step] = time.perf_counter()
-        if trainer.step in self.at:
-            self.states[trainer.step] = state(trainer)
+    def on_step(self, loop: LoopState) -> None:
+        if loop.device.type == "cuda":
+            torch.cuda.synchronize(loop.device)
+        self.clock[loop.step] = time.perf_counter()
+        if loop.step in self.at:
+            self.states[loop.step] = state(loop.parts)
 
 
-def state(tr: Trainer) -> torch.Tensor:
+def state(p: RunParts) -> torch.Tensor:
     """Every float tensor of the model, target and objective: [P] fp64 on the CPU."""
-    parts = [tr.model.state_dict(), tr.target.state_dict(), tr.objective.state_dict()]
+    parts = [p.model.state_dict(), p.target.state_dict(), p.objective.state_dict()]
     floats = [v for p in parts for v in p.values() if v.is_floating_point() and v.numel()]
     return torch.cat([v.detach().double().cpu().flatten() for v in floats])
 
@@ -83,7 +84,7 @@ def ladder_config(run: str, data: str, out: Path, over: dict[str, Any]) -> Any:
 def train(cfg: Any, steps: int, total: int) -> tuple[Trainer, Probe, float]:
     probe = Probe((0, 1, steps))
     tr = Trainer(cfg, show_progress=False, callbacks=[probe])
-    probe.states[0] = state(tr)
+    probe.states[0] = state(tr.parts)
     t0 = time.perf_counter()
     tr.train()
     assert tr.step == total, f"trained {tr.step} steps, not {total}"

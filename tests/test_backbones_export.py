@@ -109,7 +109,7 @@ def _run(tmp_path, name, stop_at=None, resume=False):
         def train_step(views, gen):
             out = step(views, gen)
             if tr.step == stop_at:
-                tr.stop_signal = 15
+                tr.loop_state.request_stop(15)
             return out
 
         tr.train_step = train_step

@@ -65,12 +65,12 @@ class Snapshots(Callback):
     def __init__(self, at: tuple[int, ...]) -> None:
         self.at, self.states = at, {}
 
-    def on_step(self, trainer, stats, n_images) -> None:
-        if trainer.step in self.at:
-            self.states[trainer.step] = {
+    def on_step(self, state) -> None:
+        if state.step in self.at:
+            self.states[state.step] = {
                 f"{part}.{k}": v.detach().clone()
                 for part in ("model", "target", "objective")
-                for k, v in getattr(trainer, part).state_dict().items()
+                for k, v in getattr(state.parts, part).state_dict().items()
                 if v.is_floating_point() and v.numel()
             }
 
@@ -139,9 +139,9 @@ class StopAt(Callback):
     def __init__(self, at: int) -> None:
         self.at = at
 
-    def on_step(self, trainer, stats, n_images) -> None:
-        if trainer.step == self.at:
-            trainer.stop_signal = 15
+    def on_step(self, state) -> None:
+        if state.step == self.at:
+            state.request_stop(15)
 
 
 def test_resume_of_a_compiled_run_is_exact(tiny_folder, tmp_path, monkeypatch):
@@ -170,7 +170,7 @@ def test_resume_of_a_compiled_run_is_exact(tiny_folder, tmp_path, monkeypatch):
 
     torch._dynamo.reset()
     straight = train(tmp_path / "a")
-    assert train(tmp_path / "b", stop=3)["step"] == 4  # stopped at the next step boundary
+    assert train(tmp_path / "b", stop=3)["step"] == 3  # stopped at this step's boundary
     resumed = train(tmp_path / "b", resume=True)
     assert resumed["step"] == straight["step"] == 6
     for part in ("model", "target", "objective"):

@@ -164,14 +164,15 @@ def test_truncated_jpeg_is_replaced_by_the_next_sample_or_refused(tmp_path, raw)
 
 
 class StopAt(Callback):
-    """Ask for a stop (as SIGTERM does) after step ``step``: the next step saves and stops."""
+    """Ask for a stop (as SIGTERM does) after step ``step``: the checkpointer (last) saves and
+    stops at once."""
 
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_step(self, trainer, stats, n_images):
-        if trainer.step == self.step:
-            trainer.stop_signal = 15
+    def on_step(self, state):
+        if state.step == self.step:
+            state.request_stop(15)
 
 
 @pytest.fixture
@@ -194,7 +195,7 @@ def test_pretraining_on_a_jpeg_folder_trains_resumes_exactly_and_evaluates(
     assert any(k.startswith("knn") for k in metrics), metrics
     cfg = build_config({**base, "out": str(tmp_path / "cut")})
     with pytest.raises(Interrupted):  # stops at step 3, in the middle of epoch 1 (2 per epoch)
-        Trainer(cfg, show_progress=False, callbacks=[StopAt(2)]).fit()
+        Trainer(cfg, show_progress=False, callbacks=[StopAt(3)]).fit()
     assert load_checkpoint(tmp_path / "cut" / "last.ckpt")["step"] == 3
     Trainer(cfg, resume=True, show_progress=False).fit()
     a, b = (load_checkpoint(tmp_path / d / "last.ckpt") for d in ("ref", "cut"))

@@ -4,6 +4,7 @@ labels those of the images the views were cut from. The online probe trains on t
 reports; where no labels exist there is no probe, and a probe that never trained logs nothing."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from unigrad.data.pipeline import (
 )
 from unigrad.data.sources import FolderSource, Source
 from unigrad.data.user_data import DatasetSource
+from unigrad.engine.callbacks import OnlineProbeMonitor
 from unigrad.engine.parts import build_parts
 from unigrad.engine.trainer import Trainer
 
@@ -171,7 +173,9 @@ def test_no_labels_no_probe():
     mixed = DatasetSource({"train": Items(False), "val": Items(True)})
     run = data_from_source(_cfg(), CPU, mixed, pipeline="standard", splits=("train", "val"))
     assert run.eval is not None and run.train.num_classes is None
-    assert build_parts(_cfg(), CPU, run.train, 4).probe is None
+    parts = build_parts(_cfg(), CPU, run.train, 4)
+    run_like = SimpleNamespace(cfg=_cfg(), data=run.train, model=parts.model, device=CPU)
+    assert OnlineProbeMonitor.for_run(run_like) is None  # the probe is built for labels only
 
     given = GivenLoaderData(
         _cfg(), CPU, DataLoader([[torch.zeros(8, 3, 16, 16)] * 2] * 2, batch_size=None)
@@ -197,13 +201,19 @@ def _train(folder: Path, out: Path, steps: int, prepare=None) -> Trainer:
     return tr
 
 
+def _probe(tr):
+    """The run's online probe (its callback's), or None."""
+    found = [c.probe for c in tr.callbacks() if isinstance(c, OnlineProbeMonitor)]
+    return found[0] if found else None
+
+
 def test_the_probe_learns_on_the_folder_path(colours, tmp_path):
     """The standard pipeline on an image folder, end to end: the probe trains on the batches'
     labels and its accuracy on val rises well above chance (33%) within 12 steps (2 epochs).
     Before the labels travelled with the batch it never trained and logged exactly chance."""
     tr = _train(colours, tmp_path / "run", 12)
-    assert isinstance(tr.data, CropData) and tr.parts.probe is not None
-    assert tr.parts.probe.trained
+    assert isinstance(tr.data, CropData) and _probe(tr) is not None
+    assert _probe(tr).trained
     logged = _metrics(tmp_path / "run")
     top1 = [v for (_, name), v in sorted(logged.items()) if name == "probe/linear_top1"]
     assert len(top1) == 2 and top1[-1] >= 60, top1
@@ -217,6 +227,6 @@ def test_a_probe_that_never_trained_logs_no_number(colours, tmp_path):
         tr.data.labelled = False
 
     tr = _train(colours, tmp_path / "run", 6, withhold_labels)
-    assert tr.parts.probe is not None and not tr.parts.probe.trained
+    assert _probe(tr) is not None and not _probe(tr).trained
     logged = _metrics(tmp_path / "run")
     assert logged and not any(name.startswith("probe/") for _, name in logged)

@@ -10,6 +10,7 @@ import torch
 from conftest import TINY, make_image_folder
 
 from unigrad.config import build_config
+from unigrad.engine.checkpoint import load_checkpoint
 from unigrad.engine.trainer import Trainer
 from unigrad.errors import UserError
 from unigrad.eval.diagnostics import probe_diagnostics, rankme
@@ -45,6 +46,14 @@ def test_rankme_is_the_exponential_entropy_of_the_normalised_singular_values():
     assert out["rankme"] == pytest.approx(rankme(u), rel=1e-9)  # over both online views
 
 
+def _probe(tr):
+    """The run's online probe (its callback's), or None."""
+    from unigrad.engine.callbacks import OnlineProbeMonitor
+
+    found = [c.probe for c in tr.callbacks() if isinstance(c, OnlineProbeMonitor)]
+    return found[0] if found else None
+
+
 def _run(folder, out, steps, stop=None, **over):
     """``steps`` of a run (its schedules' length); with ``stop``, only that many."""
     cfg = _cfg(folder, out, max_steps=steps, deterministic=True, **over)
@@ -71,13 +80,13 @@ def test_the_probe_never_changes_the_backbone_and_is_logged_by_default(folder, t
     on, out, rng_on = probe_on
     torch.manual_seed(123)
     off = _run(folder, tmp_path / "off", 6, online_probe=False)
-    assert off.parts.probe is None and on.parts.probe is not None
+    assert _probe(off) is None and _probe(on) is not None
     assert torch.equal(rng_on, torch.get_rng_state())  # the probe draws no random number
     for part in ("model", "target", "objective"):
         a, b = getattr(on, part).state_dict(), getattr(off, part).state_dict()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{part}.{k} differs with the probe on"
-    assert on.parts.probe.weight.abs().sum() > 0  # it did train
+    assert _probe(on).weight.abs().sum() > 0  # it did train
     logged = _metrics(out)
     assert {(4, "probe/linear_top1"), (6, "probe/linear_top1")} <= logged.keys()
     assert 0 <= logged[(4, "probe/linear_top1")] <= 100
@@ -98,7 +107,7 @@ def test_the_probe_is_in_the_checkpoint_and_resumes_exactly(folder, tmp_path, pr
         resumed.close()
     for k, v in ref.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
-    a, b = ref.parts.probe.checkpoint_state(), resumed.parts.probe.checkpoint_state()
+    a, b = _probe(ref).checkpoint_state(), _probe(resumed).checkpoint_state()
     for k, v in a["module"].items():
         assert torch.equal(v, b["module"][k]), k
     for k, st in a["optimizer"]["state"].items():
@@ -108,7 +117,7 @@ def test_the_probe_is_in_the_checkpoint_and_resumes_exactly(folder, tmp_path, pr
 def test_the_probe_needs_labels_and_an_eval_split(tmp_path):
     only_train = make_image_folder(tmp_path / "d", splits=("train",), classes=2, per_class=8)
     tr = Trainer(_cfg(only_train, tmp_path / "r", max_steps=1), show_progress=False)
-    assert tr.parts.probe is None and tr.data.num_classes is None
+    assert _probe(tr) is None and tr.data.num_classes is None
 
 
 def test_eval_features_are_extracted_once_per_weights(folder, tmp_path):
@@ -149,10 +158,13 @@ def test_wandb_offline_logs_the_metrics_and_resumes_the_same_run(folder, tmp_pat
     out = tmp_path / "r"
     over = {"wandb": True, "wandb_project": "p", "knn_every": 0, "diag_every": 0}
     Trainer(_cfg(folder, out, max_steps=4, **over), show_progress=False).fit()
-    run_id = (out / "wandb_id").read_text().strip()
+    # the W&B logger's state (its run id) is in the checkpoint, not in a side file
+    run_id = load_checkpoint(out / "last.ckpt")["callbacks"]["WandbLogger"]["run_id"]
     assert len(list((out / "wandb").glob(f"offline-run-*-{run_id}"))) == 1
+    assert not (out / "wandb_id").exists()
     Trainer(_cfg(folder, out, max_steps=6, **over), resume=True, show_progress=False).fit()
-    assert (out / "wandb_id").read_text().strip() == run_id  # the same W&B run, continued
+    again = load_checkpoint(out / "last.ckpt")["callbacks"]["WandbLogger"]["run_id"]
+    assert again == run_id  # the same W&B run, continued
     records = sorted((out / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(records) == 2  # the first start and the resume, one W&B run id
     for f in records:  # each holds the step metrics and the epoch end's probe

@@ -35,11 +35,11 @@ class Record(Callback):
     def __init__(self) -> None:
         self.last, self.grad, self.tau = {}, {}, {}
 
-    def on_step(self, trainer, stats, n_images) -> None:
-        weight = trainer.model.encoder.projector.last.weight
-        self.last[trainer.step] = weight.detach().clone()
-        self.grad[trainer.step] = float(weight.grad.abs().max())
-        self.tau[trainer.step] = float(trainer.objective.stats["tau"])
+    def on_step(self, state) -> None:
+        weight = state.parts.model.encoder.projector.last.weight
+        self.last[state.step] = weight.detach().clone()
+        self.grad[state.step] = float(weight.grad.abs().max())
+        self.tau[state.step] = float(state.parts.objective.stats["tau"])
 
 
 def train(folder, out, compile_mode="off", steps=6, backbone=None):

@@ -19,9 +19,9 @@ FAULTS = {
 
 
 class Fault(Callback):
-    def on_step(self, trainer, stats, n_images):
+    def on_step(self, state):
         fault = FAULTS.get(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
-        if fault and fault[:2] == (int(os.environ["RANK"]), trainer.step):
+        if fault and fault[:2] == (int(os.environ["RANK"]), state.step):
             os.kill(os.getpid(), fault[2])
 
 

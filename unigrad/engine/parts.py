@@ -28,7 +28,6 @@ from unigrad.data.pipeline import TrainData
 from unigrad.engine.device import guard_cpu_convs, resolve_amp
 from unigrad.engine.optim import build_optimizer, clip_grad_norm, lr_schedule, wd_schedule
 from unigrad.errors import UserError
-from unigrad.eval.online_probe import OnlineProbe, backbone_width
 from unigrad.models.build import model_from_config, record_method
 from unigrad.models.networks import SiameseModel, is_timm
 
@@ -45,8 +44,7 @@ class RunParts:
     None: the weight decay is constant); ``amp``: the
     autocast dtype or None (fp32). ``nonfinite``: a device flag, set by the step when a loss is
     not finite and read only at log boundaries and before checkpoint writes
-    (:meth:`take_nonfinite`), so the step never waits on the host. ``probe``: the online linear
-    probe (:mod:`unigrad.eval.online_probe`) or None; it never touches the other parts.
+    (:meth:`take_nonfinite`), so the step never waits on the host.
     """
 
     model: SiameseModel
@@ -60,7 +58,6 @@ class RunParts:
     peak_lr: float
     amp: torch.dtype | None
     nonfinite: torch.Tensor | None = None
-    probe: OnlineProbe | None = None
     #: the last step's CutMix of the online views (None: not mixed); the probe's labels follow it
     mix: Mix | None = None
     #: actions after backward / after the optimiser step (the run's, then the method's)
@@ -85,9 +82,7 @@ class RunParts:
 
     def state_dict(self, cfg: Config, step: int, steps_per_epoch: int) -> dict[str, Any]:
         """A checkpoint's payload: every state that influences the future, and the RNGs."""
-        probe = {"probe": self.probe.checkpoint_state()} if self.probe is not None else {}
         return {
-            **probe,
             "config": to_dict(cfg),
             "model": self.model.state_dict(),
             "target": self.target.state_dict(),
@@ -110,8 +105,6 @@ class RunParts:
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        if self.probe is not None and "probe" in state:  # else (probe was off): a fresh probe
-            self.probe.load_checkpoint_state(state["probe"])
         torch.set_rng_state(state["rng"]["torch"])
         return int(state["step"])
 
@@ -199,9 +192,8 @@ def build_parts(
     backbone: nn.Module | None = None,
     feat_dim: int | None = None,
 ) -> RunParts:
-    """The run's parts on ``device`` for training on ``data`` (its ``steps_per_epoch``; the
-    online probe when ``cfg.online_probe`` and the data has ``num_classes``); ``backbone``:
-    the user's own module, else cfg's."""
+    """The run's parts on ``device`` for training on ``data`` (its ``steps_per_epoch``);
+    ``backbone``: the user's own module, else cfg's."""
     steps_per_epoch = data.steps_per_epoch
     spec = record_method(cfg)[0]
     model = model_from_config(cfg, backbone=backbone, feat_dim=feat_dim)
@@ -253,7 +245,4 @@ def build_parts(
     clip = [Bound(clip_grad_norm, optimizer, cfg.clip_grad)] if cfg.clip_grad > 0 else []
     ctx = HookContext(model, target, objective, objective.hp)
     parts.hooks = step_hooks(spec.needs, ctx, run_backward=clip)
-    width = backbone_width(model.encoder)
-    if cfg.online_probe and data.num_classes and width:
-        parts.probe = OnlineProbe(width, data.num_classes, cfg.online_probe_lr).to(device)
     return parts

@@ -19,6 +19,7 @@ import fcntl
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,12 +176,17 @@ def find_resume_state(
 
 
 def load_resume_state(
-    out: Path, cfg: Any, parts: Any, schedule_steps: int | None = None
+    out: Path,
+    cfg: Any,
+    parts: Any,
+    schedule_steps: int | None = None,
+    restore: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Path | None, int]:
-    """Load the newest good checkpoint of ``out`` into ``parts`` (:func:`find_resume_state`);
-    returns (its path, its step), or (None, 0) for a fresh start. Every rank reads it; in a
-    distributed run an error on one rank is the same error on all, and every rank must have
-    found the same checkpoint (else ``--out`` is not on a filesystem all nodes share)."""
+    """Load the newest good checkpoint of ``out`` into ``parts`` (:func:`find_resume_state`)
+    and hand its payload to ``restore`` (the callbacks' states); returns (its path, its step),
+    or (None, 0) for a fresh start. Every rank reads it; in a distributed run an error on one
+    rank is the same error on all, and every rank must have found the same checkpoint (else
+    ``--out`` is not on a filesystem all nodes share)."""
     path, step = None, 0
     with dist.agreed_errors():
         found = find_resume_state(out, cfg, schedule_steps)
@@ -188,6 +194,8 @@ def load_resume_state(
             path, state = found
             try:
                 step = parts.load_state_dict(state)
+                if restore is not None:
+                    restore(state)
             except (RuntimeError, KeyError, ValueError) as e:
                 msg = str(e).splitlines()[0]
                 raise UserError(f"{path} does not match this model: {msg}") from None

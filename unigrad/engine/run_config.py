@@ -66,7 +66,7 @@ class RunConfig(Section):
     tensorboard: bool = setting(True, "also log to RUN/tb (needs tensorboard)", "untrained")
     wandb: bool = setting(
         False, "also log to Weights & Biases (needs unigrad[wandb]; --resume continues the "
-        "same W&B run, its id kept in RUN/wandb_id)", "untrained"
+        "same W&B run, its id kept in the checkpoints)", "untrained"
     )  # fmt: skip
     wandb_project: str = setting("unigrad", "the W&B project", "untrained")
     wandb_name: str | None = setting(None, "the W&B run name (default: the run directory's)",

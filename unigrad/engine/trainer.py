@@ -27,11 +27,13 @@ from tqdm import tqdm
 
 from unigrad.config import Config, check_config, save_config
 from unigrad.core import dist
+from unigrad.core.clock import Clock
 from unigrad.core.objective import target_views
 from unigrad.data.evaluation import EvalData
 from unigrad.data.pipeline import TrainData, build_train_data
 from unigrad.engine import checkpoint as ckpt
-from unigrad.engine.callbacks import Callback, Interrupted, default_callbacks
+from unigrad.engine.callbacks import Callback, Interrupted, LoopState, run_callbacks
+from unigrad.engine.callbacks.base import callback_states, load_callback_states
 from unigrad.engine.compiled import AutoStep, choose_step
 from unigrad.engine.device import select_device
 from unigrad.engine.files import check_writable, writing
@@ -79,7 +81,8 @@ class Trainer:
         val_data: a labelled Dataset for the kNN / linear evaluation (train_data then needs
             labels too); without it no evaluation is run.
         callbacks: periodic jobs of your own (:class:`~unigrad.engine.callbacks.Callback`),
-            called after the built-in ones (``default_callbacks``).
+            called after the built-in ones (``default_callbacks``) and before the checkpoints;
+            their states are in the checkpoints and a resume restores them.
     """
 
     def __init__(
@@ -119,7 +122,6 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         self.show_progress = show_progress and dist.is_main()
-        self.extra_callbacks = list(callbacks)
         with dist.agreed_errors():  # one rank's refusal stops all, before DDP's collectives
             if dist.is_main():
                 check_writable(self.out, "--out", folder=True)
@@ -143,19 +145,25 @@ class Trainer:
         self.n_views = self.data.n_views
         self.n_target = target_views(self.n_views, cfg.symmetry)
         self.step = 0
-        self.stop_signal: int | None = None  # set by the Checkpointer's signal handler
         self.timer = NullTimer()  # bench/step_breakdown.py swaps in a SectionTimer
         self.log: RunLog | None = None
         self._lock: Any = None
+        self._callbacks = run_callbacks(self, callbacks)
         self.resumed_from = self._resume() if resume else None
+        self.loop_state = LoopState.of(self)  # what the callbacks see (and stop requests)
 
     # ------------------------------------------------------------------ the run directory
     def _resume(self) -> Path | None:
         """Load the newest good checkpoint; None (fresh start) when there is none yet."""
-        path, self.step = load_resume_state(self.out, self.cfg, self.parts, self.schedule_steps)
+        path, self.step = load_resume_state(
+            self.out, self.cfg, self.parts, self.schedule_steps, self.load_callback_states
+        )
         if path is not None and dist.is_main():
             print(f"resumed from {path} at step {self.step}")
         return path
+
+    def load_callback_states(self, state: dict[str, Any]) -> None:
+        load_callback_states(self._callbacks, state)
 
     def _open_run(self) -> None:
         with writing(self.out, "choose another --out"):
@@ -186,11 +194,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
+        """A checkpoint's payload: the parts' (:meth:`RunParts.state_dict`), the schedules'
+        length (what --resume must continue) and the callbacks' states."""
         state = self.parts.state_dict(self.cfg, self.step, self.steps_per_epoch)
-        return {**state, "schedule_steps": self.schedule_steps}  # what --resume must continue
+        callbacks = callback_states(self._callbacks)
+        return {**state, "schedule_steps": self.schedule_steps, "callbacks": callbacks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = self.parts.load_state_dict(state)
+        self.load_callback_states(state)
 
     def save(self, name: str = "last.ckpt") -> Path:
         """Write a checkpoint; never one with non-finite weights, optimiser or objective state
@@ -217,6 +229,11 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ training
+    @property
+    def clock(self) -> Clock:
+        """The run's position: ``step`` steps done (the next step's index)."""
+        return self.parts.clock.at(self.step)
+
     def train_step(
         self, views: list[torch.Tensor], gen: torch.Generator
     ) -> dict[str, torch.Tensor]:
@@ -238,8 +255,9 @@ class Trainer:
             save_config(self.cfg, record)
 
     def callbacks(self) -> list[Callback]:
-        """The built-in jobs the configuration asks for, then the caller's."""
-        return default_callbacks(self) + self.extra_callbacks
+        """The built-in jobs the configuration asks for, the caller's, and the checkpoints last
+        (built once, with the trainer: their states travel in the checkpoints)."""
+        return list(self._callbacks)
 
     def train(self) -> None:
         """The loop alone: train until ``total_steps`` with the callbacks (no final evaluation;

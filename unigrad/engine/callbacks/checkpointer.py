@@ -15,15 +15,10 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import torch
+from typing import Any
 
 from unigrad.core import dist
-from unigrad.engine.callbacks.base import Callback
-
-if TYPE_CHECKING:
-    from unigrad.engine.trainer import Trainer
+from unigrad.engine.callbacks.base import Callback, LoopState
 
 
 class Interrupted(Exception):
@@ -42,36 +37,37 @@ class Checkpointer(Callback):
         self.every, self.keep_epochs, self.agree_every = every, keep_epochs, agree_every
         self._old: dict[int, Any] = {}
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, state: LoopState) -> None:
         def handle(signum: int, frame: Any) -> None:
-            trainer.stop_signal = signum
+            state.request_stop(signum)
 
         self._old = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
-    def on_step(self, trainer: Trainer, stats: dict[str, torch.Tensor], n_images: int) -> None:
-        mid_epoch = trainer.step % trainer.steps_per_epoch != 0  # epoch ends save below
+    def on_step(self, state: LoopState) -> None:
+        mid_epoch = state.step % state.clock.steps_per_epoch != 0  # epoch ends save below
         saved = None
-        if self.every and trainer.step % self.every == 0 and mid_epoch:
-            saved = trainer.save()
-        signum = self.stop_signal(trainer)
+        if self.every and state.step % self.every == 0 and mid_epoch:
+            saved = state.save()
+        signum = self.stop_signal(state)
         if signum:
-            raise Interrupted(signum, saved or trainer.save())
+            raise Interrupted(signum, saved or state.save())
 
-    def stop_signal(self, trainer: Trainer) -> int | None:
-        """The signal to stop on now: the caught one alone; in a distributed run the largest any
-        rank caught, agreed at every ``agree_every``-th step (None in between)."""
+    def stop_signal(self, state: LoopState) -> int | None:
+        """The signal to stop on now: the requested one alone; in a distributed run the largest
+        any rank requested, agreed at every ``agree_every``-th step (None in between)."""
         if not dist.is_dist():
-            return trainer.stop_signal
-        if trainer.step % self.agree_every:
+            return state.stop_signal
+        if state.step % self.agree_every:
             return None
-        return dist.any_rank(trainer.stop_signal or 0) or None
+        return dist.any_rank(state.stop_signal or 0) or None
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
-        trainer.save()
-        if self.keep_epochs and trainer.step % trainer.steps_per_epoch == 0:
-            trainer.save(f"epoch-{trainer.step // trainer.steps_per_epoch:04d}.ckpt")
+    def on_epoch_end(self, state: LoopState) -> None:
+        state.save()
+        spe = state.clock.steps_per_epoch
+        if self.keep_epochs and state.step % spe == 0:
+            state.save(f"epoch-{state.step // spe:04d}.ckpt")
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, state: LoopState) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old = {}

@@ -3,14 +3,11 @@ principal components, channel std, F's extreme eigenvalues: :mod:`unigrad.eval.d
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from unigrad.engine.callbacks.base import Callback
-
-if TYPE_CHECKING:
-    from unigrad.engine.trainer import Trainer
+from unigrad.engine.callbacks.base import Callback, LoopState
 
 
 class Diagnostics(Callback):
@@ -19,20 +16,21 @@ class Diagnostics(Callback):
     def __init__(self, every: int, probe_size: int) -> None:
         self.every, self.probe_size = every, probe_size
 
-    def on_step(self, trainer: Trainer, stats: dict[str, torch.Tensor], n_images: int) -> None:
-        if trainer.step % self.every == 0:
-            self.run(trainer)
+    def on_step(self, state: LoopState) -> None:
+        if state.step % self.every == 0:
+            self.run(state)
 
-    def run(self, trainer: Trainer) -> None:
+    def run(self, state: LoopState) -> None:
         from unigrad.eval.diagnostics import frozen_bn_stats, probe_diagnostics
 
-        views = trainer.data.probe(self.probe_size)
-        with torch.no_grad(), frozen_bn_stats(trainer.model):
-            z, _ = trainer.model(views[:2])
-            t = trainer.target(views[:2], z)
+        parts = state.parts
+        views = state.data.probe(self.probe_size)
+        with torch.no_grad(), frozen_bn_stats(parts.model):
+            z, _ = parts.model(views[:2])
+            t = parts.target(views[:2], z)
         extra: dict[str, Any] = {}
-        corr = getattr(trainer.objective, "corr", None)
+        corr = getattr(parts.objective, "corr", None)
         if corr is not None:
             extra["corr"] = corr.F
         metrics = probe_diagnostics(z, t.pos, extra)
-        trainer.log_metrics({f"diag/{k}": v for k, v in metrics.items()})
+        state.log_metrics({f"diag/{k}": v for k, v in metrics.items()})

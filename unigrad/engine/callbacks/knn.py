@@ -3,19 +3,14 @@ final evaluation)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from unigrad.engine.callbacks.base import Callback
-
-if TYPE_CHECKING:
-    from unigrad.engine.trainer import Trainer
+from unigrad.engine.callbacks.base import Callback, LoopState
 
 
 class KnnMonitor(Callback):
     def __init__(self, every: int) -> None:
         self.every = every
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
-        epoch = trainer.step // trainer.steps_per_epoch
-        if epoch % self.every == 0 and trainer.step < trainer.total_steps:
-            trainer.evaluate(final=False)
+    def on_epoch_end(self, state: LoopState) -> None:
+        clock = state.clock
+        if clock.epoch % self.every == 0 and state.step < state.total_steps:
+            state.evaluate(False)

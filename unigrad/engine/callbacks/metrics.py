@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
-from unigrad.engine.callbacks.base import Callback
-
-if TYPE_CHECKING:
-    from unigrad.engine.trainer import Trainer
+from unigrad.engine.callbacks.base import Callback, LoopState
 
 SHOWN = ("loss", "pos_sim", "lr", "img_per_s")
 #: Metrics logged by other jobs, shown with their last value (bar label: metric name).
@@ -34,54 +30,55 @@ class MetricsLog(Callback):
         self.t0, self.n_img = time.perf_counter(), 0
         self.skipped = 0  # unreadable training images logged so far
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self.skipped = trainer.data.skipped  # what the run's start logged
+    def on_fit_start(self, state: LoopState) -> None:
+        self.skipped = state.data.skipped  # what the run's start logged
         self.bar = tqdm(
-            total=trainer.total_steps,
-            initial=trainer.step,
+            total=state.total_steps,
+            initial=state.step,
             disable=not self.show_progress,
             unit="step",
             dynamic_ncols=True,
-            desc=f"{trainer.cfg.method}/{trainer.objective.kind}",
+            desc=f"{state.cfg.method}/{state.parts.objective.kind}",
         )
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_start(self, state: LoopState) -> None:
         self.t0, self.n_img = time.perf_counter(), 0  # evaluation time is not throughput
 
-    def on_step(self, trainer: Trainer, stats: dict[str, torch.Tensor], n_images: int) -> None:
-        for k, v in stats.items():
+    def on_step(self, state: LoopState) -> None:
+        for k, v in state.stats.items():
             self.window.setdefault(k, []).append(v)
-        self.n_img += n_images
+        self.n_img += state.n_images
         if self.bar is not None:
             self.bar.update(1)
-        if trainer.step % self.log_every == 0 or trainer.step == trainer.total_steps:
-            logged = self.flush(trainer, self.n_img / (time.perf_counter() - self.t0))
+        if state.step % self.log_every == 0 or state.step == state.total_steps:
+            logged = self.flush(state, self.n_img / (time.perf_counter() - self.t0))
             if self.bar is not None:
                 shown = {k: f"{logged[k]:.3g}" for k in SHOWN if k in logged}
-                latest = trainer.log.latest if trainer.log is not None else {}
+                latest = state.log.latest if state.log is not None else {}
                 shown |= {b: f"{latest[k]:.3g}" for k, b in SHOWN_LATEST.items() if k in latest}
                 self.bar.set_postfix(shown)
             self.window, self.t0, self.n_img = {}, time.perf_counter(), 0
 
-    def flush(self, trainer: Trainer, img_s: float) -> dict[str, float]:
+    def flush(self, state: LoopState, img_s: float) -> dict[str, float]:
+        parts = state.parts
         means = {k: float(torch.stack(v).float().mean()) for k, v in self.window.items()}
         bad = [k for k, v in means.items() if not math.isfinite(v)]
-        if trainer.parts.take_nonfinite() and "loss" not in bad:
+        if parts.take_nonfinite() and "loss" not in bad:
             bad.insert(0, "loss")
         if bad:
-            trainer.diverged(", ".join(bad), f" (within the last {self.log_every} steps)")
-        if trainer.objective.kind == "grad":
+            state.diverged(", ".join(bad), f" (within the last {self.log_every} steps)")
+        if parts.objective.kind == "grad":
             means.pop("loss", None)  # the surrogate's value carries no meaning
-        means["lr"] = trainer.parts.lr[trainer.step - 1]
-        means["momentum"] = trainer.parts.momentum[trainer.step - 1]
+        means["lr"] = parts.lr[state.step - 1]
+        means["momentum"] = parts.momentum[state.step - 1]
         means["img_per_s"] = img_s
-        if trainer.data.skipped != self.skipped:  # a folder's files are met as epochs go
-            self.skipped = trainer.data.skipped
+        if state.data.skipped != self.skipped:  # a folder's files are met as epochs go
+            self.skipped = state.data.skipped
             means["data/skipped_images"] = float(self.skipped)
-        trainer.log_metrics(means)
+        state.log_metrics(means)
         return means
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, state: LoopState) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

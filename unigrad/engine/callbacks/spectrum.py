@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from unigrad.core import dist
-from unigrad.engine.callbacks.base import Callback
+from unigrad.engine.callbacks.base import Callback, LoopState
 
 if TYPE_CHECKING:
     from unigrad.engine.trainer import Trainer
@@ -17,8 +17,8 @@ class SpectrumWriter(Callback):
     def applies(trainer: Trainer) -> bool:
         return getattr(trainer.objective, "corr", None) is not None
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, state: LoopState) -> None:
         if dist.is_main():
             from unigrad.eval.diagnostics import corr_spectrum, write_spectrum
 
-            write_spectrum(trainer.out, trainer.step, corr_spectrum(trainer.objective.corr.F))
+            write_spectrum(state.out, state.step, corr_spectrum(state.parts.objective.corr.F))

@@ -1,8 +1,9 @@
 """Weights & Biases (``--set wandb=true``, the optional extra ``unigrad[wandb]``): every metric
 the run logs (metrics.csv's rows, at their step) also goes to a W&B run of project
 ``wandb_project`` named ``wandb_name`` (default: the run directory's name), with the run's
-configuration. The W&B run id is kept in ``RUN/wandb_id``, so ``--resume`` continues the same
-W&B run; rows of the steps a resume redoes (logged before, the same values) are not sent again.
+configuration. The W&B run id is the callback's state (in every checkpoint), so ``--resume``
+continues the same W&B run; rows of the steps a resume redoes (logged before, the same values)
+are not sent again.
 W&B's own settings apply (``WANDB_MODE=offline``, ``WANDB_DIR``, ...); its files go to
 ``RUN/wandb``. Rank 0 only.
 """
@@ -11,15 +12,13 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from unigrad.core import dist
-from unigrad.engine.callbacks.base import Callback
+from unigrad.engine.callbacks.base import Callback, LoopState
 from unigrad.errors import UserError, optional
 
-if TYPE_CHECKING:
-    from unigrad.engine.trainer import Trainer
-
+#: where runs before issue 42 kept the id (read when a checkpoint has no W&B state)
 ID_FILE = "wandb_id"
 
 
@@ -42,29 +41,37 @@ class WandbLogger(Callback):
     """Opens (or, on ``--resume``, continues) the W&B run and adds it to the run log.
 
     Raises :class:`~unigrad.errors.UserError` in one line, with the install hint, when wandb is
-    not installed.
+    not installed (at the start of the loop).
     """
 
     def __init__(self) -> None:
-        self.wandb = optional("wandb", "wandb", "--set wandb=true (Weights & Biases)")
+        self.run_id: str | None = None  # restored by a resume
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        if not dist.is_main() or trainer.log is None:
+    def state_dict(self) -> dict[str, Any] | None:
+        return {"run_id": self.run_id} if self.run_id is not None else None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run_id = state["run_id"]
+
+    def on_fit_start(self, state: LoopState) -> None:
+        wandb = optional("wandb", "wandb", "--set wandb=true (Weights & Biases)")
+        if not dist.is_main() or state.log is None:
             return
         from unigrad.config import to_dict
 
-        cfg, out = trainer.cfg, Path(trainer.out)
-        id_file = out / ID_FILE
-        resume = trainer.resumed_from is not None and id_file.is_file()
+        cfg, out = state.cfg, Path(state.out)
+        legacy = out / ID_FILE
+        if self.run_id is None and state.resumed and legacy.is_file():
+            self.run_id = legacy.read_text().strip()
+        resume = self.run_id is not None
         # a new id from the OS (secrets), so no random state of the run is drawn from
-        run_id = id_file.read_text().strip() if resume else secrets.token_hex(4)
-        id_file.write_text(run_id + "\n")
+        self.run_id = self.run_id or secrets.token_hex(4)
         (out / "wandb").mkdir(exist_ok=True)
         try:
-            run = self.wandb.init(
+            run = wandb.init(
                 project=cfg.wandb_project,
                 name=cfg.wandb_name or out.resolve().name,
-                id=run_id,
+                id=self.run_id,
                 resume="allow" if resume else None,
                 config=to_dict(cfg),
                 dir=str(out),
@@ -75,4 +82,4 @@ class WandbLogger(Callback):
                 f"W&B could not start a run ({first}); run `wandb login`, or set "
                 "WANDB_MODE=offline, or --set wandb=false"
             ) from None
-        trainer.log.add_sink(WandbSink(run))
+        state.log.add_sink(WandbSink(run))
