@@ -185,6 +185,7 @@ def write_spectrum(run_dir: str | Path, step: int, eigenvalues: torch.Tensor) ->
     per epoch, not every diagnostics step.
     """
     path = Path(run_dir) / SPECTRUM_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)  # train() alone (no fit()) opens no run dir
     new = not path.exists() or path.stat().st_size == 0
     with open(path, "a", newline="") as f:
         w = csv.writer(f)
