@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from unigrad.errors import UserError
@@ -280,3 +282,10 @@ def host_label(device: torch.device) -> str:
         pass
     isa = torch.backends.cpu.get_cpu_capability()
     return f"{model} ({isa}{', native bf16' if cpu_has_native_bf16() else ''})"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's, Python's and NumPy's global generators (a run's start)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)

@@ -13,13 +13,11 @@ to resume from in :mod:`unigrad.engine.resume`.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -35,7 +33,7 @@ from unigrad.engine import checkpoint as ckpt
 from unigrad.engine.callbacks import Callback, Interrupted, LoopState, run_callbacks
 from unigrad.engine.callbacks.base import callback_states, load_callback_states
 from unigrad.engine.compiled import AutoStep, choose_step
-from unigrad.engine.device import select_device
+from unigrad.engine.device import seed_everything, select_device
 from unigrad.engine.files import check_writable, writing
 from unigrad.engine.loop import run_loop
 from unigrad.engine.parts import RunParts, build_parts
@@ -50,7 +48,7 @@ from unigrad.engine.resume import (
 )
 from unigrad.engine.runlog import RunLog
 from unigrad.errors import UserError
-from unigrad.eval.protocol import evaluate_features, random_init_backbone
+from unigrad.eval.protocol import random_init_backbone, score_backbone
 from unigrad.models.networks import CUSTOM
 
 __all__ = ["Interrupted", "Trainer"]
@@ -118,9 +116,7 @@ class Trainer:
             raise UserError(f"batch_size {cfg.batch_size} leaves fewer than 2 samples per rank")
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed % 2**32)
+        seed_everything(cfg.seed)
         self.show_progress = show_progress and dist.is_main()
         with dist.agreed_errors():  # one rank's refusal stops all, before DDP's collectives
             if dist.is_main():
@@ -142,8 +138,7 @@ class Trainer:
         self.step_mode, self._step_fn = choose_step(cfg, self.parts, self.device)
         if self.step_mode != "auto":  # auto: recorded at its verdict (train_step)
             cfg.compile_resolved = self.step_mode
-        self.n_views = self.data.n_views
-        self.n_target = target_views(self.n_views, cfg.symmetry)
+        self.n_target = target_views(self.data.n_views, cfg.symmetry)
         self.step = 0
         self.timer = NullTimer()  # bench/step_breakdown.py swaps in a SectionTimer
         self.log: RunLog | None = None
@@ -275,35 +270,18 @@ class Trainer:
         finally:
             self.close()
 
-    # ------------------------------------------------------------------ evaluation
-    def _scores(self, backbone: nn.Module, final: bool, prefix: str = "") -> dict[str, float]:
-        """The evaluation protocol (:mod:`unigrad.eval.protocol`) on features every rank
-        extracts a shard of; the linear probe only at the end. {} off rank 0 or no eval split."""
-        if self.eval_data is None:
-            return {}
-        c = self.cfg
-        feats = self.eval_data.features(backbone, self.device, limit=0 if final else c.knn_subset)
-        if not dist.is_main():
-            return {}
-        return evaluate_features(
-            *feats,
-            k=c.knn_k,
-            t=c.knn_t,
-            linear_epochs=c.final_linear_epochs if final else 0,
-            seed=c.seed,
-            prefix=prefix,
-            train_split=c.train_split,
-            eval_split=c.eval_split,
-        )
-
     def evaluate(self, final: bool) -> dict[str, float]:
         """kNN monitor (every rank calls it, rank 0 scores); at the end optionally a linear
         probe on the same features and the random-init baseline."""
-        out = self._scores(self.model.encoder.backbone, final)
+        out = score_backbone(
+            self.eval_data, self.model.encoder.backbone, self.cfg, self.device, final
+        )
         if final and self.cfg.knn_baseline and self.eval_data is not None:
             init = random_init_backbone(self.cfg, device=self.device)
             if init is not None:  # None: a custom module, which the config cannot rebuild
-                out.update(self._scores(init, final, "init_"))
+                out.update(
+                    score_backbone(self.eval_data, init, self.cfg, self.device, final, "init_")
+                )
         self.log_metrics(out)
         if out:
             epoch = self.step / self.steps_per_epoch

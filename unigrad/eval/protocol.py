@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unigrad.core import dist
 from unigrad.errors import UserError
 from unigrad.eval.features import accuracy, extract_features, knn_eval
 from unigrad.eval.linear import class_balanced_subset, finetune, train_linear
@@ -158,6 +159,34 @@ def evaluate_features(
         )
         out[f"{prefix}linear_top1"], out[f"{prefix}linear_top5"] = lin["top1"], lin["top5"]
     return out
+
+
+def score_backbone(
+    eval_data: Any,
+    backbone: nn.Module,
+    cfg: Any,
+    device: torch.device,
+    final: bool,
+    prefix: str = "",
+) -> dict[str, float]:
+    """A training run's scores of ``backbone`` on ``eval_data`` (its
+    :class:`~unigrad.data.evaluation.EvalData`; None: {}): every rank extracts a shard of the
+    features, rank 0 scores them with kNN and, when ``final``, the linear probe; {} elsewhere."""
+    if eval_data is None:
+        return {}
+    feats = eval_data.features(backbone, device, limit=0 if final else cfg.knn_subset)
+    if not dist.is_main():
+        return {}
+    return evaluate_features(
+        *feats,
+        k=cfg.knn_k,
+        t=cfg.knn_t,
+        linear_epochs=cfg.final_linear_epochs if final else 0,
+        seed=cfg.seed,
+        prefix=prefix,
+        train_split=cfg.train_split,
+        eval_split=cfg.eval_split,
+    )
 
 
 def random_init_backbone(record: Any, *, device: str | torch.device = "cpu") -> nn.Module | None:
