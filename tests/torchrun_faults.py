@@ -25,6 +25,6 @@ class Fault(Callback):
             os.kill(os.getpid(), fault[2])
 
 
-built_in = trainer_module.default_callbacks
-trainer_module.default_callbacks = lambda trainer: [*built_in(trainer), Fault()]
+built_in = trainer_module.run_callbacks  # the run's callbacks, checkpoints last: Fault after them
+trainer_module.run_callbacks = lambda trainer, extra: [*built_in(trainer, extra), Fault()]
 sys.exit(main(sys.argv[1:]))
