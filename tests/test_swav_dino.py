@@ -3,6 +3,7 @@ no reuse), Sinkhorn-Knopp's separable form, multi-crop pair weights, and loss fo
 form (the model's and the prototypes' gradients)."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -288,6 +289,52 @@ def test_trains_with_the_trainer_and_checkpoints_its_parts(method, tmp_path, tin
         assert not torch.equal(state["parts.prototypes.teacher"], before)
 
 
+def test_dino_teacher_copy_takes_the_targets_ema_step(tmp_path, tiny_folder):
+    """The teacher's last layer follows the student with the run's momentum schedule, right
+    after the target's EMA: with momentum_base = momentum_final = 0 (w = 1) it equals the
+    student after every step, as the encoder's copy does; with 0.5 it is the EMA of the
+    student's rows, recomputed here step by step from the optimiser's steps."""
+    from conftest import TINY
+
+    from unigrad.config import build_config
+    from unigrad.engine.trainer import Trainer
+
+    for m in (0.0, 0.5):
+        cfg = build_config(
+            TINY,
+            {"method": "dino", "data": str(tiny_folder), "out": str(tmp_path / f"r{m}"),
+             "max_steps": 3, "diag_every": 0, "n_prototypes": 16, "freeze_prototypes": 0,
+             "momentum_base": m, "momentum_final": m},
+        )  # fmt: skip
+        tr = Trainer(cfg, show_progress=False)
+        protos = tr.objective.parts["prototypes"]
+        expect = [protos.teacher.clone()]
+
+        class Record:
+            def after_optimizer_step(self, clock):
+                expect.append(expect[-1] + (1 - m) * (protos.weight.detach() - expect[-1]))
+
+        tr.parts.hooks.optimizer_step.append(Record().after_optimizer_step)
+        tr.fit()
+        torch.testing.assert_close(protos.teacher, expect[-1], rtol=1e-6, atol=1e-7)
+        assert len(expect) == 4
+        if m == 0.0:
+            assert torch.equal(protos.teacher, protos.weight.detach())
+
+
+def test_dino_warns_when_ones_own_loop_never_moves_the_teacher():
+    z, t = _views(seed=3)
+    obj = _obj("dino")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            obj(z, targets=t)
+            obj.follow_target_(0.01)
+    with pytest.warns(UserWarning, match="follow_target_"):
+        for _ in range(3):
+            obj(z, targets=t)
+
+
 PROTO_RUNS = {
     "swav": {"method": "swav", "n_prototypes": 16, "queue_size": 24, "queue_start": 0,
              "freeze_prototypes": 0},
@@ -407,15 +454,13 @@ def test_schedules_by_epoch_reach_the_terms():
         clock = Clock(step, steps_per_epoch=4, total_steps=40)
         zz = [x.detach().clone().requires_grad_(True) for x in z]
         obj(zz, targets=t, step=clock).backward()
+        obj.follow_target_(0.01)
         temps.append(float(obj.stats["teacher_temp"]))
         frozen = obj.parts["prototypes"].weight.grad.abs().max() == 0
         assert bool(frozen) == (step < 4), step
     assert temps == pytest.approx([0.04, 0.055, 0.07, 0.07])
     hp = obj.spec.needs.scheduled(obj.hp, Clock(torch.tensor(2), 4, 40))
     assert float(hp["teacher_temp"]) == pytest.approx(0.04 + 0.03 * 0.5 / 2)
-    assert float(hp["teacher_momentum"]) == pytest.approx(
-        1 - (1 - 0.9995) * (math.cos(math.pi * 2 / 39) + 1) / 2
-    )
     swav = _obj("swav", queue_start=2)
     for step, on in ((0, False), (7, False), (8, True)):
         for s in (step, torch.tensor(step)):
@@ -533,6 +578,7 @@ def _train_side_by_side(method, form, variant, n_views):
         loss.backward()
         opt.step()
         target.update(model.encoder, 0.9, step + 1)
+        obj.follow_target_(1 - 0.9)  # DINO's teacher copy: the same EMA step
         obj.after_step()
     states = (model.state_dict(), target.state_dict(), obj.state_dict())
     return {f"{i}.{k}": v.clone() for i, s in enumerate(states) for k, v in s.items()}

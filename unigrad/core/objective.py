@@ -207,6 +207,17 @@ class Objective(nn.Module):
         if self.bank is not None:
             self.bank.flush()
 
+    @torch.no_grad()
+    def follow_target_(self, weight: float | torch.Tensor) -> None:
+        """The target branch's EMA step for the parts that keep a teacher copy (DINO's last
+        layer): ``copy <- copy + weight (online - copy)``, ``weight`` = 1 - m (1: a target
+        without an EMA). The trainer calls it right after the target's EMA; in one's own loop
+        call it after ``target.update(encoder, m, step)`` (a no-op for the other methods)."""
+        for part in self.parts.values():
+            follow = getattr(part, "follow_target_", None)
+            if follow is not None:
+                follow(weight)
+
     def forward(
         self,
         online: list[torch.Tensor] | torch.Tensor,

@@ -77,7 +77,9 @@ def update(
     """The step's update region, after ``backward()`` and the actions after it: the optimiser
     step (through the float16 loss scaler when it is on), the actions after the optimiser step
     (``parts.hooks``), then the target's EMA ``theta_t <- theta_t + w (theta_o - theta_t)``
-    with ``w = ema_weight = 1 - m`` (None: the target has no EMA)."""
+    with ``w = ema_weight = 1 - m`` (None: the target has no EMA) and the same step for the
+    objective's teacher copies (:meth:`~unigrad.core.objective.Objective.follow_target_`; w = 1
+    without an EMA)."""
     with section(timer, "optimizer"):
         if parts.scaler.is_enabled():
             parts.scaler.step(parts.optimizer)
@@ -85,9 +87,10 @@ def update(
         else:
             parts.optimizer.step()
         parts.hooks.after_optimizer_step(clock)
-    if ema_weight is not None:
-        with section(timer, "EMA update"):
+    with section(timer, "EMA update"):
+        if ema_weight is not None:
             parts.target.ema_(parts.model.encoder, ema_weight)
+        parts.objective.follow_target_(1.0 if ema_weight is None else ema_weight)
 
 
 class Step:

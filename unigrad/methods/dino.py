@@ -18,7 +18,6 @@ dl/dv_k = (I - w_k w_k^T) dl/dw_k / ||v_k||, which autograd carries from
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,14 +86,6 @@ def teacher_temperature(
     return start + (end - start) * frac
 
 
-def cosine_to_one(base: float, clock: Clock) -> float | torch.Tensor:
-    """The target's EMA schedule (:func:`unigrad.core.targets.cosine_momentum` to 1) at
-    ``clock``: 1 - (1 - base) (cos(pi t / (T - 1)) + 1) / 2."""
-    t = clock.step / max(clock.total_steps - 1, 1)
-    cos = torch.cos(math.pi * t) if isinstance(t, torch.Tensor) else math.cos(math.pi * t)
-    return 1 - (1 - base) * (cos + 1) / 2
-
-
 def _epochs(clock: Clock) -> float | torch.Tensor:
     return clock.step / clock.steps_per_epoch
 
@@ -107,7 +98,6 @@ DINO_SCHEDULES = {
         hp["teacher_temp"],
         hp["warmup_teacher_temp_epochs"],
     ),
-    "teacher_momentum": lambda clock, hp: cosine_to_one(hp["teacher_momentum"], clock),
     "train_prototypes": after_epochs("freeze_prototypes"),
 }
 
@@ -143,15 +133,16 @@ class Center(nn.Module):
 class Distillation(PrototypeTerm):
     """DINO: codes from the momentum teacher's last layer, centred and sharpened; the centre is
     updated after the codes (the loss) from both global views' teacher logits. The teacher's
-    copy of the last layer follows the student by EMA (``teacher_momentum``) at the start of
-    each step, i.e. after the previous optimiser step."""
+    copy of the last layer takes the target branch's EMA step right after it
+    (:meth:`~unigrad.core.objective.Objective.follow_target_`: the run's momentum schedule, one
+    setting for the whole teacher)."""
 
     def modules(self, dim: int, hp: dict[str, Any]) -> dict[str, nn.Module]:
         k = int(hp["n_prototypes"])
         return {"prototypes": Prototypes(k, dim, weight_norm=True), "center": Center(k)}
 
     def codes(self, step: Step, protos: Prototypes) -> list[torch.Tensor]:
-        protos.ema_(step.hp["teacher_momentum"])
+        protos.note_teacher_use()
         w = protos.teacher_rows()
         logits = [step.norm(t.detach()) @ w.T for t in step.targets.pos]
         center = step.parts["center"]
@@ -184,13 +175,6 @@ DINO = prototype_method(
             ">= 0",
         ),
         "center_momentum": Param("EMA rate of the centre", 0.9, lambda v: 0 <= v < 1, "in [0, 1)"),
-        "teacher_momentum": Param(
-            "EMA momentum of the teacher's last layer at step 0 (cosine to 1, as the target's; "
-            "keep it equal to momentum_base)",
-            0.9995,
-            lambda v: 0 <= v <= 1,
-            "in [0, 1]",
-        ),
         "freeze_prototypes": FREEZE.with_default(1.0),
     },
     train_defaults={"momentum_base": 0.9995},

@@ -19,6 +19,7 @@ DINO (:mod:`unigrad.methods.dino`), which differs only in how the code q is made
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -154,7 +155,7 @@ class Prototypes(nn.Module):
     before every forward (:meth:`renormalize_`, as its authors do at the start of each
     iteration: the same as after every optimiser step). ``weight_norm=True`` (DINO): the rows
     are used as v_k / ||v_k|| (gain fixed at 1), and ``teacher`` [K, C] is the momentum
-    teacher's copy of v (:meth:`ema_`).
+    teacher's copy of v (:meth:`follow_target_`).
     """
 
     weight: nn.Parameter
@@ -185,12 +186,32 @@ class Prototypes(nn.Module):
         self.weight.copy_(F.normalize(self.weight, dim=1))
 
     @torch.no_grad()
-    def ema_(self, momentum: float | torch.Tensor) -> None:
-        """teacher <- m teacher + (1 - m) v (a no-op while they are equal: the first step)."""
-        weight = 1.0 - momentum
-        if isinstance(weight, torch.Tensor):  # a schedule's value under compile: step
+    def follow_target_(self, weight: float | torch.Tensor) -> None:
+        """teacher <- teacher + weight (v - teacher), ``weight`` = 1 - m: the same EMA step as
+        the target branch's, right after it (the run's ``update``; in one's own loop, after
+        ``target.update``: :meth:`unigrad.core.objective.Objective.follow_target_`). A no-op
+        without a teacher copy (SwAV)."""
+        if not self.weight_norm:
+            return
+        if isinstance(weight, torch.Tensor):  # the EMA weight under compile: step
             weight = weight.to(self.teacher.dtype)
         self.teacher.lerp_(self.weight.detach(), weight)
+        if not torch.compiler.is_compiling():
+            self._unfollowed = 0
+
+    def note_teacher_use(self) -> None:
+        """Counts the steps that read the teacher's copy since it last followed the student
+        (Python, never under compile) and warns once when two in a row did not follow: one's
+        own loop forgot :meth:`follow_target_`, so the teacher would stay at its start."""
+        if torch.compiler.is_compiling():
+            return
+        self._unfollowed = getattr(self, "_unfollowed", 0) + 1
+        if self._unfollowed == 3:
+            warnings.warn(
+                "the teacher's copy of the prototypes has not followed the student for 2 steps: "
+                "call objective.follow_target_(1 - m) after target.update(...) in your loop",
+                stacklevel=3,
+            )
 
 
 class CodeQueue(nn.Module):
