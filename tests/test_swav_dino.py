@@ -289,37 +289,35 @@ def test_trains_with_the_trainer_and_checkpoints_its_parts(method, tmp_path, tin
         assert not torch.equal(state["parts.prototypes.teacher"], before)
 
 
-def test_dino_teacher_copy_takes_the_targets_ema_step(tmp_path, tiny_folder):
+@pytest.mark.parametrize("m", [0.0, 0.5])
+def test_dino_teacher_copy_takes_the_targets_ema_step(m, tmp_path, tiny_folder):
     """The teacher's last layer follows the student with the run's momentum schedule, right
-    after the target's EMA: with momentum_base = momentum_final = 0 (w = 1) it equals the
-    student after every step, as the encoder's copy does; with 0.5 it is the EMA of the
-    student's rows, recomputed here step by step from the optimiser's steps."""
+    after the target's EMA: with momentum_base = momentum_final = m it is the EMA of the
+    student's rows, recomputed here from each optimiser step (m = 0: the student itself)."""
     from conftest import TINY
 
     from unigrad.config import build_config
     from unigrad.engine.trainer import Trainer
 
-    for m in (0.0, 0.5):
-        cfg = build_config(
-            TINY,
-            {"method": "dino", "data": str(tiny_folder), "out": str(tmp_path / f"r{m}"),
-             "max_steps": 3, "diag_every": 0, "n_prototypes": 16, "freeze_prototypes": 0,
-             "momentum_base": m, "momentum_final": m},
-        )  # fmt: skip
-        tr = Trainer(cfg, show_progress=False)
-        protos = tr.objective.parts["prototypes"]
-        expect = [protos.teacher.clone()]
+    cfg = build_config(
+        TINY,
+        {"method": "dino", "data": str(tiny_folder), "out": str(tmp_path / "r"), "max_steps": 3,
+         "diag_every": 0, "n_prototypes": 16, "freeze_prototypes": 0, "momentum_base": m,
+         "momentum_final": m},
+    )  # fmt: skip
+    tr = Trainer(cfg, show_progress=False)
+    protos = tr.objective.parts["prototypes"]
+    expect = [protos.teacher.clone()]
 
-        class Record:
-            def after_optimizer_step(self, clock):
-                expect.append(expect[-1] + (1 - m) * (protos.weight.detach() - expect[-1]))
+    def record(clock):  # after the optimiser step, before the EMA
+        expect.append(expect[-1] + (1 - m) * (protos.weight.detach() - expect[-1]))
 
-        tr.parts.hooks.optimizer_step.append(Record().after_optimizer_step)
-        tr.fit()
-        torch.testing.assert_close(protos.teacher, expect[-1], rtol=1e-6, atol=1e-7)
-        assert len(expect) == 4
-        if m == 0.0:
-            assert torch.equal(protos.teacher, protos.weight.detach())
+    tr.parts.hooks.optimizer_step.append(record)
+    tr.fit()
+    assert len(expect) == 4
+    torch.testing.assert_close(protos.teacher, expect[-1], rtol=1e-6, atol=1e-7)
+    if m == 0.0:
+        assert torch.equal(protos.teacher, protos.weight.detach())
 
 
 def test_dino_warns_when_ones_own_loop_never_moves_the_teacher():

@@ -54,6 +54,15 @@ PLOTS = (
     ),
     Plot("knn.png", "kNN accuracy", (Panel("kNN top-1 (%)", ("knn_top1",)),)),
     Plot(
+        "prototypes.png",
+        "Positive similarity and the prototypes' use (share of the K prototypes that are some "
+        "sample's arg-max code)",
+        (
+            Panel("positive cosine (every logged step)", ("pos_sim",)),
+            Panel("prototypes used", ("protos_used",)),
+        ),
+    ),
+    Plot(
         "pc_ratio.png",
         "Principal component ratio (components to 90% of the variance) and RankMe",
         (Panel("components", ("diag/pc_ratio",)), Panel("RankMe", ("diag/rankme",))),

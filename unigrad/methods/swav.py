@@ -108,8 +108,10 @@ def sinkhorn(
 
     The sums over samples run over the global batch (all-reduced over ranks) plus ``shared``
     rows (a queue held identically on every rank, counted once); each iteration gives every
-    prototype an equal share of the mass, then every sample unit mass. Computed in float64
-    from a max-shifted exponent (the shift cancels in the first normalisation).
+    prototype an equal share of the mass, then every sample unit mass. The codes are kept in
+    the scaling form Q = diag(a) P diag(b) of the kernel P = exp((S - max S) / eps) (the shift
+    cancels in the first normalisation), in float32 or ``scores``' wider dtype: two
+    matrix-vector products per iteration instead of two passes rewriting the [N + L, K] matrix.
 
     Args:
         scores: W u of this rank's samples, [N, K]. shared: W v of the queue, [L, K] or None.
@@ -123,28 +125,30 @@ def sinkhorn(
     """
     if use_shared is False:
         shared = None
-    s = scores.detach().double()
-    rows = [s] if shared is None else [s, shared.detach().double()]
-    top = dist.all_reduce(torch.stack([r.max() for r in rows]).max(), "max")
-    qs = [torch.exp((r - top) / eps) for r in rows]
-    n_samples: float | torch.Tensor = float(s.shape[0] * dist.world_size())
+    dtype = torch.promote_types(scores.dtype, torch.float32)
+    rows = [scores.detach().to(dtype)]
     if shared is not None:
-        on = torch.as_tensor(use_shared, device=s.device).to(s.dtype)
-        qs[1] = qs[1] * on
+        rows.append(shared.detach().to(dtype))
+    top = dist.all_reduce(torch.stack([r.max() for r in rows]).max(), "max")
+    p = [torch.exp((r - top) / eps) for r in rows]  # P, the kernel: one pass, kept
+    n_samples: float | torch.Tensor = float(rows[0].shape[0] * dist.world_size())
+    on: torch.Tensor | None = None
+    if shared is not None:
+        on = torch.as_tensor(use_shared, device=p[0].device).to(dtype)
         n_samples = n_samples + shared.shape[0] * on
-    k = s.shape[1]
-
-    def sample_sum(q: list[torch.Tensor]) -> torch.Tensor:  # per prototype, all samples [K]
-        local = dist.all_reduce(q[0].sum(0))
-        return local if shared is None else local + q[1].sum(0)
-
-    total = sample_sum(qs).sum()
-    qs = [q / total for q in qs]
+    k, tiny = p[0].shape[1], torch.finfo(dtype).tiny
+    # Q = diag(a) P diag(b): each half-iteration rescales a or b by P's row or column sums
+    # (two matrix-vector products), never rewriting the [N + L, K] matrix
+    a = [torch.ones(r.shape[0], dtype=dtype, device=r.device) for r in p]
+    b = torch.ones(k, dtype=dtype, device=p[0].device)
     for _ in range(iters):
-        per_proto = sample_sum(qs)
-        qs = [q / (per_proto * k) for q in qs]
-        qs = [q / (q.sum(1, keepdim=True).clamp_min(1e-300) * n_samples) for q in qs]
-    return (qs[0] * n_samples).to(scores.dtype)
+        col = dist.all_reduce(p[0].T @ a[0])  # per prototype, over the global batch [K]
+        if on is not None:
+            col = col + on * (p[1].T @ a[1])  # the queue's rows, counted once, from its start
+        b = 1.0 / (col * k).clamp_min(tiny)
+        a = [1.0 / ((r @ b) * n_samples).clamp_min(tiny) for r in p]
+    q = p[0] * b
+    return (q / q.sum(1, keepdim=True).clamp_min(tiny)).to(scores.dtype)
 
 
 # -------------------------------------------------------------------------- the parts
