@@ -144,6 +144,23 @@ class StopAt(Callback):
             state.request_stop(15)
 
 
+def train_to_state(cfg, resume: bool = False, stop: int | None = None) -> dict:
+    """Trains ``cfg`` on a :class:`TinyNet` from seed 0, stopped after step ``stop`` (as
+    SIGTERM would: the checkpoint is written) or at the end, and returns ``Trainer.state_dict()``
+    (a resume test compares a straight run with a stopped-and-resumed one)."""
+    torch.manual_seed(0)
+    cbs = [StopAt(stop)] if stop else []
+    tr = Trainer(cfg, resume, show_progress=False, backbone=TinyNet(), callbacks=cbs)
+    tr._open_run()
+    try:
+        tr.train()
+    except Interrupted:
+        pass
+    finally:
+        tr.close()
+    return tr.state_dict()
+
+
 def test_resume_of_a_compiled_run_is_exact(tiny_folder, tmp_path, monkeypatch):
     """6 steps in one go equal a run stopped after step 3 (checkpoint) and resumed by a new
     Trainer (compile: step both times; F and the optimiser's state travel in the checkpoint)."""
@@ -156,17 +173,7 @@ def test_resume_of_a_compiled_run_is_exact(tiny_folder, tmp_path, monkeypatch):
              "amp": "off", "diag_every": 0, "knn_every": 0, "method": "unigrad",
              "compile": "step", "max_steps": 6},
         )  # fmt: skip
-        torch.manual_seed(0)
-        cbs = [StopAt(stop)] if stop else []
-        tr = Trainer(cfg, resume, show_progress=False, backbone=TinyNet(), callbacks=cbs)
-        tr._open_run()
-        try:
-            tr.train()
-        except Interrupted:
-            pass
-        finally:
-            tr.close()
-        return tr.state_dict()
+        return train_to_state(cfg, resume, stop)
 
     torch._dynamo.reset()
     straight = train(tmp_path / "a")

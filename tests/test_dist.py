@@ -4,13 +4,9 @@ The batch is split over 2 ranks (DDP); the result must equal one process on the 
 The model has no BatchNorm, so the only cross-sample coupling is in the objectives.
 """
 
-import os
-import tempfile
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from ranks import on_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -87,26 +83,14 @@ def one_step(method, form, variant, target_kind, n_views=2, *, views, wrap=None)
     return grads, state
 
 
-def _worker(rank, world, path, results):
-    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        views = [v.chunk(world)[rank] for v in batch()]
-        out = {}
-        for cfg in CONFIGS:
-            out[cfg] = one_step(*cfg, views=views, wrap=lambda m: DDP(m))
-        if rank == 0:
-            torch.save(out, results)
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank, world):
+    views = [v.chunk(world)[rank] for v in batch()]
+    return {cfg: one_step(*cfg, views=views, wrap=lambda m: DDP(m)) for cfg in CONFIGS}
 
 
 @pytest.fixture(scope="module")
-def two_process_results():
-    with tempfile.TemporaryDirectory() as tmp:
-        results = os.path.join(tmp, "out.pt")
-        mp.spawn(_worker, args=(2, os.path.join(tmp, "rdv"), results), nprocs=2, join=True)
-        return torch.load(results, weights_only=True)
+def two_process_results(tmp_path_factory):
+    return on_ranks(_on_rank, tmp_path_factory.mktemp("gloo"))[0]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=["-".join(str(x) for x in c) for c in CONFIGS])

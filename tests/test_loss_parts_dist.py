@@ -7,12 +7,9 @@ fail). The method is ``tests/test_methods_added.py``'s learned temperature."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
+from ranks import on_ranks
 from test_methods_added import LEARNED_TAU
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -61,25 +58,13 @@ def train(views_: list[torch.Tensor], average: bool = True) -> dict[str, torch.T
     }
 
 
-def _worker(rank: int, world: int, path: str, results: str) -> None:
-    tdist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        local = [v.chunk(world)[rank] for v in views()]
-        out = {"averaged": train(local), "alone": train(local, average=False)}
-        gathered = [None] * world
-        tdist.all_gather_object(gathered, out)
-        if rank == 0:
-            torch.save(gathered, results)
-    finally:
-        tdist.destroy_process_group()
+def _on_rank(rank: int, world: int) -> dict:
+    local = [v.chunk(world)[rank] for v in views()]
+    return {"averaged": train(local), "alone": train(local, average=False)}
 
 
-def test_learned_temperature_is_equal_on_two_ranks_and_to_one_process():
-    with tempfile.TemporaryDirectory() as tmp:
-        results = os.path.join(tmp, "out.pt")
-        mp.spawn(_worker, args=(2, os.path.join(tmp, "rdv"), results), nprocs=2, join=True)
-        ranks = torch.load(results, weights_only=True)
+def test_learned_temperature_is_equal_on_two_ranks_and_to_one_process(tmp_path):
+    ranks = on_ranks(_on_rank, tmp_path)
     one = train(views())
     start = torch.tensor(0.2, dtype=torch.float64).log()
     assert not torch.allclose(one["log_tau"], start)  # it trained

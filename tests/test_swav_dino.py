@@ -362,11 +362,9 @@ def test_resume_is_exact_with_queue_centre_and_prototypes(name, tiny_folder, tmp
     """5 steps in one go equal a run stopped after step 2 and resumed by a new Trainer: the
     queue (full from step 2), the centre, the prototypes and the teacher's copy travel."""
     from conftest import TINY
-    from test_compiled_step import StopAt, TinyNet
+    from test_compiled_step import train_to_state
 
     from unigrad.config import build_config
-    from unigrad.engine.callbacks import Interrupted
-    from unigrad.engine.trainer import Trainer
 
     def train(out, resume=False, stop=None):
         cfg = build_config(
@@ -375,17 +373,7 @@ def test_resume_is_exact_with_queue_centre_and_prototypes(name, tiny_folder, tmp
              "amp": "off", "diag_every": 0, "knn_every": 0, "max_steps": 5},
             PROTO_RUNS[name],
         )  # fmt: skip
-        torch.manual_seed(0)
-        tr = Trainer(cfg, resume, show_progress=False, backbone=TinyNet(),
-                     callbacks=[StopAt(stop)] if stop else [])  # fmt: skip
-        tr._open_run()
-        try:
-            tr.train()
-        except Interrupted:
-            pass
-        finally:
-            tr.close()
-        return tr.state_dict()
+        return train_to_state(cfg, resume, stop)
 
     straight = train(tmp_path / "a")
     assert train(tmp_path / "b", stop=2)["step"] == 2  # the stop lands at its step
@@ -502,34 +490,20 @@ def _engine_views():
     return [x + 0.3 * torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(2)]
 
 
-def _worker(rank, world, path, results):
+def _on_rank(rank, world):
     """Both 2-rank checks in one spawn (starting the processes is most of their cost)."""
-    import torch.distributed as tdist
-
-    tdist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        local = [v.chunk(world)[rank] for v in _engine_views()]
-        out = {
-            "cases": {case: _dist_case(*case) for case in DIST_CASES},
-            "engine": {m: _engine_train(m, local) for m in ("swav", "dino")},
-        }
-        gathered = [None] * world
-        tdist.all_gather_object(gathered, out)
-        if rank == 0:
-            torch.save(gathered, results)
-    finally:
-        tdist.destroy_process_group()
+    local = [v.chunk(world)[rank] for v in _engine_views()]
+    return {
+        "cases": {case: _dist_case(*case) for case in DIST_CASES},
+        "engine": {m: _engine_train(m, local) for m in ("swav", "dino")},
+    }
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    import torch.multiprocessing as mp
+    from ranks import on_ranks
 
-    tmp = tmp_path_factory.mktemp("gloo")
-    results = tmp / "out.pt"
-    mp.spawn(_worker, args=(2, str(tmp / "rdv"), str(results)), nprocs=2, join=True)
-    return torch.load(results, weights_only=True)
+    return on_ranks(_on_rank, tmp_path_factory.mktemp("gloo"))
 
 
 def test_trained_prototypes_stay_equal_on_two_ranks_and_to_one_process(two_ranks):
