@@ -183,6 +183,21 @@ def test_resume_refuses_another_schedule_in_one_line(tmp_path, tiny_folder, caps
     assert "\n" not in str(e.value) and "start a new --out" in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("base_lr", 0.1), ("warmup_epochs", 0.25), ("momentum_base", 0.9), ("weight_decay", 0.0)],
+)
+def test_resume_refuses_other_lr_wd_or_ema_settings_in_one_line(key, value, tmp_path, tiny_folder):
+    """A resume with another base lr, warm-up, EMA or weight decay would join two schedules
+    silently; it is refused naming the key (the same settings resume, tested above)."""
+    from unigrad.errors import UserError
+
+    _trainer(tiny_folder, tmp_path / "a", max_steps=1).train()
+    with pytest.raises(UserError, match=rf"other lr / weight-decay / EMA schedules \({key}: ") as e:
+        _trainer(tiny_folder, tmp_path / "a", resume=True, **{key: value})
+    assert "\n" not in str(e.value) and "start a new --out" in str(e.value)
+
+
 def test_max_steps_help_says_the_schedules_stay_those_of_epochs():
     from unigrad.cli import build_parser
 

@@ -17,7 +17,7 @@ Only dataclasses and metadata here: no module of the library is imported.
 from dataclasses import field
 from typing import Any
 
-TAGS = ("arch", "baseline", "untrained")
+TAGS = ("arch", "baseline", "untrained", "schedule")
 
 
 def setting(default: Any, doc: str = "", *tags: str) -> Any:

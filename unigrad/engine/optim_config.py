@@ -31,17 +31,21 @@ class OptimConfig(Section):
         None, "stop at this step, within the schedules of epochs (smoke tests, benchmarks)"
     )
     batch_size: int = setting(256, "global batch (split over ranks)", "arch")
-    optimizer: str = setting("sgd", "sgd | lars | adamw (torch's AdamW, default betas)")
-    base_lr: float = setting(0.05, "lr = base_lr * batch_size / 256")
+    optimizer: str = setting("sgd", "sgd | lars | adamw (torch's AdamW, default betas)", "schedule")
+    base_lr: float = setting(0.05, "lr = base_lr * batch_size / 256", "schedule")
     base_lr_bias: float | None = setting(
-        None, "base lr of 1-d parameters (biases, norms), as LARS recipes; None: base_lr"
+        None,
+        "base lr of 1-d parameters (biases, norms), as LARS recipes; None: base_lr",
+        "schedule",
     )
     weight_decay: float = setting(
-        1e-4, "weight decay (at step 0 with weight_decay_end); 1-d parameters: norm_bias_decay"
+        1e-4,
+        "weight decay (at step 0 with weight_decay_end); 1-d parameters: norm_bias_decay",
+        "schedule",
     )
     weight_decay_end: float | None = setting(
         None, "cosine weight-decay schedule (DINO's) from weight_decay at step 0 to this at the "
-        "last step; None: weight_decay throughout"
+        "last step; None: weight_decay throughout", "schedule"
     )  # fmt: skip
     norm_bias_decay: bool | None = setting(
         None, "weight decay on 1-d parameters (biases, norms); None: the optimiser's recipe "
@@ -51,16 +55,22 @@ class OptimConfig(Section):
         0.0, "clip the gradients' global l2 norm to this after backward (0: off)"
     )
     sgd_momentum: float = setting(0.9, "SGD / LARS momentum")
-    warmup_epochs: float | None = setting(None, "None: 5, or half the run when that is shorter")
-    min_lr_ratio: float = setting(1e-3, "final lr / peak lr of the cosine schedule")
+    warmup_epochs: float | None = setting(
+        None, "None: 5, or half the run when that is shorter", "schedule"
+    )
+    min_lr_ratio: float = setting(1e-3, "final lr / peak lr of the cosine schedule", "schedule")
     predictor_fixed_lr: bool | None = setting(
         None, "the learned predictor keeps the peak lr; None: the method's (SimSiam: True)"
     )
     predictor_lr_scale: float = setting(1.0, "the learned predictor's lr / the backbone's")
     momentum_base: float | None = setting(
-        None, "EMA momentum of the target at step 0; None: the method's (0.99 / 0.996)"
+        None,
+        "EMA momentum of the target at step 0; None: the method's (0.99 / 0.996)",
+        "schedule",
     )
-    momentum_final: float = setting(1.0, "EMA momentum at the last step (cosine schedule)")
+    momentum_final: float = setting(
+        1.0, "EMA momentum at the last step (cosine schedule)", "schedule"
+    )
 
     def check(self) -> None:
         if self.batch_size < 2:

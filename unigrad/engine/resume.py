@@ -36,6 +36,8 @@ from unigrad.errors import UserError
 #: Config keys that must match for ``--resume`` to continue a run (architecture and method):
 #: the fields tagged ``arch`` in their section.
 ARCH_KEYS = keys_tagged("arch")
+#: the settings of the lr, weight-decay and EMA schedules: a resume continues them as they were
+SCHEDULE_KEYS = keys_tagged("schedule")
 
 
 def _float_tensors(obj: Any) -> list[torch.Tensor]:
@@ -172,6 +174,17 @@ def find_resume_state(
         raise UserError(f"{path} was written by a different run ({'; '.join(diff)}); {hint}")
     if schedule_steps is not None:
         check_same_schedule(path, state, cfg, schedule_steps)
+    changed = [
+        f"{k}: {old[k]!r} -> {getattr(cfg, k)!r}"
+        for k in SCHEDULE_KEYS
+        if k in old and old[k] != getattr(cfg, k)
+    ]
+    if changed:
+        raise UserError(
+            f"{path} was trained with other lr / weight-decay / EMA schedules "
+            f"({'; '.join(changed)}); --resume continues the run's own schedules: resume with "
+            "its settings, or start a new --out"
+        )
     return path, state
 
 
