@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
 
 from unigrad.core.section import Section, setting
 from unigrad.errors import UserError
@@ -112,3 +114,44 @@ class OptimConfig(Section):
             raise UserError("momentum_base must be in [0, 1]")
         if not 0 <= self.momentum_final <= 1:
             raise UserError("momentum_final must be in [0, 1]")
+
+
+def schedule_keys() -> tuple[str, ...]:
+    """The settings of the lr, weight-decay and EMA schedules (fields tagged ``schedule``)."""
+    return tuple(f.name for f in fields(OptimConfig) if "schedule" in f.metadata["tags"])
+
+
+def check_same_schedules(path: Path, state: dict[str, Any], cfg: Any, schedule_steps: int) -> None:
+    """Refuse to continue a checkpoint (its ``state``) on other schedules than the run's own:
+    another length than this run's ``schedule_steps`` (epochs x steps per epoch; the batch size
+    and the data set the latter), or another setting of :func:`schedule_keys`; either would join
+    two schedules. ``max_steps`` only stops a run within them; a checkpoint that does not record
+    the length was written when ``max_steps`` set it."""
+    old = state.get("config", {})
+    length = state.get("schedule_steps")
+    why = f"epochs {old.get('epochs')!r} -> {cfg.epochs!r}"
+    if old.get("epochs") == cfg.epochs:
+        why = "another number of steps per epoch: other data"
+    if length is None:  # an older checkpoint: its schedules ended at max_steps when set
+        length = schedule_steps // max(cfg.epochs, 1) * int(old.get("epochs") or cfg.epochs)
+        if old.get("max_steps") and old["max_steps"] < length:
+            length = int(old["max_steps"])
+            why = f"an earlier version squeezed them into its --max-steps {length}"
+    if length != schedule_steps:
+        raise UserError(
+            f"{path} was trained on lr and EMA schedules of {length} steps, this run's have "
+            f"{schedule_steps} ({why}); --resume continues the same schedules: resume with the "
+            "run's --epochs and data (--max-steps only stops early within them), or start a new "
+            "--out"
+        )
+    changed = [
+        f"{k}: {old[k]!r} -> {getattr(cfg, k)!r}"
+        for k in schedule_keys()
+        if k in old and old[k] != getattr(cfg, k)
+    ]
+    if changed:
+        raise UserError(
+            f"{path} was trained with other lr / weight-decay / EMA schedules "
+            f"({'; '.join(changed)}); --resume continues the run's own schedules: resume with "
+            "its settings, or start a new --out"
+        )

@@ -6,7 +6,8 @@ of the checkpoint a run continues from.
 * No checkpoint is ever written with non-finite weights, optimiser or objective state
   (:func:`all_finite`); after a divergence :func:`good_checkpoint` names one that really is good.
 * ``--resume`` continues from the newest readable checkpoint of the same architecture and method
-  (:data:`ARCH_KEYS`); it refuses when checkpoints exist but none can be read. A torchrun restart
+  (:data:`ARCH_KEYS`) and the same schedules (:func:`check_same_schedules`); it refuses when
+  checkpoints exist but none can be read. A torchrun restart
   is a resume (:func:`~unigrad.core.dist.restart_count`).
 * Distributed: rank 0 alone takes the lock and writes, every rank reads; the ranks agree on the
   outcome of each step here (one rank's error is every rank's) and must all see rank 0's files,
@@ -30,14 +31,13 @@ from unigrad.config import keys_tagged, save_config
 from unigrad.core import dist
 from unigrad.engine import checkpoint as ckpt
 from unigrad.engine.files import atomic_write
+from unigrad.engine.optim_config import check_same_schedules
 from unigrad.engine.runlog import RunLog
 from unigrad.errors import UserError
 
 #: Config keys that must match for ``--resume`` to continue a run (architecture and method):
 #: the fields tagged ``arch`` in their section.
 ARCH_KEYS = keys_tagged("arch")
-#: the settings of the lr, weight-decay and EMA schedules: a resume continues them as they were
-SCHEDULE_KEYS = keys_tagged("schedule")
 
 
 def _float_tensors(obj: Any) -> list[torch.Tensor]:
@@ -115,36 +115,12 @@ def lock_run_dir(out: Path) -> Any:
     return f
 
 
-def check_same_schedule(path: Path, state: dict[str, Any], cfg: Any, schedule_steps: int) -> None:
-    """Refuse to continue a checkpoint whose lr and EMA schedules had another length than this
-    run's ``schedule_steps`` (epochs x steps per epoch; the batch size and the data set the
-    latter), which would join two schedules. ``max_steps`` only stops a run within them; a
-    checkpoint that does not record the length was written when ``max_steps`` set it."""
-    old = state.get("config", {})
-    length = state.get("schedule_steps")
-    why = f"epochs {old.get('epochs')!r} -> {cfg.epochs!r}"
-    if old.get("epochs") == cfg.epochs:
-        why = "another number of steps per epoch: other data"
-    if length is None:  # an older checkpoint: its schedules ended at max_steps when set
-        length = schedule_steps // max(cfg.epochs, 1) * int(old.get("epochs") or cfg.epochs)
-        if old.get("max_steps") and old["max_steps"] < length:
-            length = int(old["max_steps"])
-            why = f"an earlier version squeezed them into its --max-steps {length}"
-    if length == schedule_steps:
-        return
-    raise UserError(
-        f"{path} was trained on lr and EMA schedules of {length} steps, this run's have "
-        f"{schedule_steps} ({why}); --resume continues the same schedules: resume with the "
-        "run's --epochs and data (--max-steps only stops early within them), or start a new --out"
-    )
-
-
 def find_resume_state(
     out: Path, cfg: Any, schedule_steps: int | None = None
 ) -> tuple[Path, dict[str, Any]] | None:
     """The newest readable checkpoint of ``out`` and its state, checked against ``cfg``'s
-    architecture and (given ``schedule_steps``) the length of its schedules
-    (:func:`check_same_schedule`); None when ``out`` holds no checkpoint yet (a fresh start,
+    architecture and (given ``schedule_steps``) its schedules
+    (:func:`check_same_schedules`); None when ``out`` holds no checkpoint yet (a fresh start,
     said on stderr)."""
     found = ckpt.latest_good(
         out, warn=lambda m: print(m, file=sys.stderr) if dist.is_main() else None
@@ -173,18 +149,7 @@ def find_resume_state(
             hint = "it trained your own backbone module: pass it again, Trainer(cfg, backbone=...)"
         raise UserError(f"{path} was written by a different run ({'; '.join(diff)}); {hint}")
     if schedule_steps is not None:
-        check_same_schedule(path, state, cfg, schedule_steps)
-    changed = [
-        f"{k}: {old[k]!r} -> {getattr(cfg, k)!r}"
-        for k in SCHEDULE_KEYS
-        if k in old and old[k] != getattr(cfg, k)
-    ]
-    if changed:
-        raise UserError(
-            f"{path} was trained with other lr / weight-decay / EMA schedules "
-            f"({'; '.join(changed)}); --resume continues the run's own schedules: resume with "
-            "its settings, or start a new --out"
-        )
+        check_same_schedules(path, state, cfg, schedule_steps)
     return path, state
 
 
