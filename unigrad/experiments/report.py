@@ -54,15 +54,6 @@ PLOTS = (
     ),
     Plot("knn.png", "kNN accuracy", (Panel("kNN top-1 (%)", ("knn_top1",)),)),
     Plot(
-        "prototypes.png",
-        "Positive similarity and the prototypes' use (share of the K prototypes that are some "
-        "sample's arg-max code)",
-        (
-            Panel("positive cosine (every logged step)", ("pos_sim",)),
-            Panel("prototypes used", ("protos_used",)),
-        ),
-    ),
-    Plot(
         "pc_ratio.png",
         "Principal component ratio (components to 90% of the variance) and RankMe",
         (Panel("components", ("diag/pc_ratio",)), Panel("RankMe", ("diag/rankme",))),
@@ -83,6 +74,15 @@ PLOTS = (
         (Panel("max diag(W)", ("diag/bt_diag_max",)), Panel("min diag(W)", ("diag/bt_diag_min",))),
     ),
     Plot("lambda_dyn.png", "DirectPred dynamic lambda", (Panel("lambda", ("diag/lambda_dyn",)),)),
+    Plot(
+        "prototypes.png",
+        "Positive similarity and the prototypes' use (share of the K prototypes that are some "
+        "sample's arg-max code)",
+        (
+            Panel("positive cosine (every logged step)", ("pos_sim",)),
+            Panel("prototypes used", ("protos_used",)),
+        ),
+    ),
     Plot("lr.png", "Learning rate", (Panel("lr", ("lr",), logy=True),)),
 )
 FINAL_COLUMNS = (
