@@ -168,6 +168,7 @@ class Prototypes(nn.Module):
     def __init__(self, k: int, dim: int, *, weight_norm: bool = False) -> None:
         super().__init__()
         self.weight_norm = weight_norm
+        self._unfollowed = 0  # steps that read the teacher's copy since it last followed
         w = torch.empty(k, dim)
         if weight_norm:  # DINO: trunc_normal(std 0.02) as its other linear layers
             nn.init.trunc_normal_(w, std=0.02)
@@ -209,7 +210,7 @@ class Prototypes(nn.Module):
         own loop forgot :meth:`follow_target_`, so the teacher would stay at its start."""
         if torch.compiler.is_compiling():
             return
-        self._unfollowed = getattr(self, "_unfollowed", 0) + 1
+        self._unfollowed += 1
         if self._unfollowed == 3:
             warnings.warn(
                 "the teacher's copy of the prototypes has not followed the student for 2 steps: "
