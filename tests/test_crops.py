@@ -2,20 +2,18 @@
 decode, the rest of the recipe batched; the device-decode path's logic run on the CPU; views a
 function of (seed, epoch, index), so a resumed run is exact; kNN features sharded over ranks."""
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from conftest import TINY
 from PIL import Image
+from ranks import on_ranks
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from unigrad.config import Config, build_config
-from unigrad.core import dist
 from unigrad.data import crops
 from unigrad.data.augment import AugmentSpec
 from unigrad.data.datasets import SafeImageFolder
@@ -207,33 +205,26 @@ def test_pretraining_on_a_jpeg_folder_trains_resumes_exactly_and_evaluates(
 # --- evaluation at scale --------------------------------------------------------------------
 
 
-def _features_on_rank(rank: int, world: int, init: str, out: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        x = torch.rand(13, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-        ds = TensorDataset(x, torch.arange(13))
-        ev = EvalData(DatasetSource({"train": ds, "val": ds}), 4)
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Flatten(), nn.Linear(48, 5))
-        seen = []
-        hook = net.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
-        feats, labels = ev.extract(net, ds, torch.device("cpu"))
-        hook.remove()
-        torch.save({"feats": feats, "labels": labels, "seen": sum(seen)}, f"{out}.{rank}")
-    finally:
-        dist.cleanup()
+def _features_on_rank(rank: int, world: int) -> dict:
+    x = torch.rand(13, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    ds = TensorDataset(x, torch.arange(13))
+    ev = EvalData(DatasetSource({"train": ds, "val": ds}), 4)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, 5))
+    seen = []
+    hook = net.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    feats, labels = ev.extract(net, ds, torch.device("cpu"))
+    hook.remove()
+    return {"feats": feats, "labels": labels, "seen": sum(seen)}
 
 
 def test_knn_features_are_extracted_in_shards_and_gathered_in_order(tmp_path):
-    init = f"file://{tmp_path / 'rendezvous'}"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_features_on_rank, args=(2, init, str(tmp_path / "f")), nprocs=2)
+    got = on_ranks(_features_on_rank, tmp_path)
     x = torch.rand(13, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(48, 5)).eval()
     with torch.no_grad():
         want = net(x.contiguous(memory_format=torch.channels_last))
-    got = [torch.load(tmp_path / f"f.{r}") for r in (0, 1)]
     assert [g["seen"] for g in got] == [7, 6]  # each rank its own shard
     for g in got:
         torch.testing.assert_close(g["feats"], want, atol=1e-6, rtol=0)
