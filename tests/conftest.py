@@ -9,9 +9,27 @@ import torch
 sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
 from tinydata import TINY, make_image_folder
 
-__all__ = ["TINY", "make_image_folder"]
+__all__ = ["TINY", "assert_same_tree", "make_image_folder"]
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def assert_same_tree(a, b, where: str = "", skip: frozenset[str] = frozenset()) -> None:
+    """Nested dicts / lists of tensors and plain values equal exactly (tensors bit for bit),
+    the dict keys in ``skip`` aside (at any depth)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: {a.keys()} vs {b}"
+        for k in a.keys() - skip:
+            assert_same_tree(a[k], b[k], f"{where}.{k}", skip)
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tree(x, y, f"{where}[{i}]", skip)
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 

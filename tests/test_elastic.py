@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY, make_image_folder
+from conftest import TINY, assert_same_tree, make_image_folder
 from test_ddp import _free_port
 
 from unigrad.engine.checkpoint import load_checkpoint
@@ -97,23 +97,6 @@ def two_nodes(config, tmp_path_factory):
     return load_checkpoint(out / "last.ckpt")
 
 
-def assert_same_state(a: dict, b: dict, where: str = "") -> None:
-    """Every tensor bit-identical, every other value equal (the run directory aside)."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            if k != "out":
-                assert_same_state(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_state(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 def test_torchrun_restarts_resume_and_equal_two_nodes(config, two_nodes, tmp_path):
     """No --resume on the command line: restart 1 follows a stop signal that only rank 1
     caught (at step 2), restart 2 follows rank 0's SIGKILL at step 8 (tests/torchrun_faults.py).
@@ -132,7 +115,7 @@ def test_torchrun_restarts_resume_and_equal_two_nodes(config, two_nodes, tmp_pat
     ], res.stdout
     final = load_checkpoint(out / "last.ckpt")
     assert final["step"] == 12
-    assert_same_state(final, two_nodes)
+    assert_same_tree(final, two_nodes, skip=frozenset({"out"}))  # the run directory aside
     assert not list(out.glob(".*.tmp*"))  # no half-written checkpoint left
 
 

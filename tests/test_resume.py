@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY
+from conftest import TINY, assert_same_tree
 
 from unigrad.engine.checkpoint import CheckpointError, latest_good, load_checkpoint, save_checkpoint
 
@@ -89,22 +89,6 @@ def assert_same_state(a: dict, b: dict) -> None:
             assert torch.equal(v, ob[k][name]), f"optimizer state {k}.{name} differs"
     assert_same_tree(a["callbacks"], b["callbacks"], "callbacks")  # e.g. the online probe's
     assert a["step"] == b["step"]
-
-
-def assert_same_tree(a, b, where: str) -> None:
-    """Nested dicts / lists of tensors and plain values, equal exactly."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: {a.keys()} vs {b}"
-        for k in a:
-            assert_same_tree(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_tree(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{where} differs"
-    else:
-        assert a == b, f"{where}: {a!r} vs {b!r}"
 
 
 @pytest.mark.parametrize("kills", [5])
