@@ -9,9 +9,29 @@ import torch
 sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
 from tinydata import TINY, make_image_folder
 
-__all__ = ["TINY", "assert_same_tree", "make_image_folder"]
+from unigrad.engine.callbacks import Callback, OnlineProbeMonitor
+
+__all__ = ["TINY", "StopAt", "assert_same_tree", "make_image_folder", "online_probe_of"]
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+class StopAt(Callback):
+    """Asks the run to stop after step ``at``, as SIGTERM would: the checkpointer (the last
+    callback) saves and stops at that step's boundary."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step(self, state) -> None:
+        if state.step == self.at:
+            state.request_stop(15)
+
+
+def online_probe_of(trainer):
+    """The run's online probe (its callback's :class:`OnlineProbe`), or None."""
+    found = [c.probe for c in trainer.callbacks() if isinstance(c, OnlineProbeMonitor)]
+    return found[0] if found else None
 
 
 def assert_same_tree(a, b, where: str = "", skip: frozenset[str] = frozenset()) -> None:

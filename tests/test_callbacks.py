@@ -3,7 +3,7 @@ locked in fit() and not at construction, the caller's config left as it was."""
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, StopAt
 
 from unigrad import UserError
 from unigrad.config import build_config
@@ -90,15 +90,6 @@ class Counter(Callback):
     def on_step(self, state):
         self.steps += 1
         self.loss_sum = self.loss_sum + state.stats["loss"].detach().float()
-
-
-class StopAt(Callback):
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step(self, state):
-        if state.step == self.at:
-            state.request_stop(15)  # through the loop state, as SIGTERM's handler does
 
 
 def test_a_callbacks_state_is_checkpointed_and_a_resume_restores_it(tmp_path, tiny_folder):

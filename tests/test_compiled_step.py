@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY
+from conftest import TINY, StopAt
 from torch import nn
 
 from unigrad.config import build_config
@@ -131,17 +131,6 @@ def test_compiled_step_inductor(tiny_folder, tmp_path):
     steps (the tolerance after 5 is looser: reordered reductions compound; on the TINY ResNet a
     1e-6 perturbation of the initial weights moves some BN biases by 10 % in 5 steps)."""
     check_case("unigrad-grad-unigrad", tiny_folder, tmp_path, ((1, 1e-5), (5, 1e-3)))
-
-
-class StopAt(Callback):
-    """Sends the run a stop (as SIGTERM would) after step ``at``."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step(self, state) -> None:
-        if state.step == self.at:
-            state.request_stop(15)
 
 
 def train_to_state(cfg, resume: bool = False, stop: int | None = None) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, StopAt
 from PIL import Image
 from ranks import on_ranks
 from torch import nn
@@ -21,7 +21,6 @@ from unigrad.data.evaluation import EvalData, fixed_subset
 from unigrad.data.pipeline import CropData, data_from_source
 from unigrad.data.sources import FolderSource
 from unigrad.data.user_data import DatasetSource
-from unigrad.engine.callbacks import Callback
 from unigrad.engine.checkpoint import load_checkpoint
 from unigrad.engine.trainer import Interrupted, Trainer
 from unigrad.errors import UserError
@@ -159,18 +158,6 @@ def test_truncated_jpeg_is_replaced_by_the_next_sample_or_refused(tmp_path, raw)
     strict = SafeImageFolder(str(root / "train"), bad_images="fail")
     with pytest.raises(UserError, match="cannot decode image"):
         crops.CropViews(strict, AugmentSpec(image_size=16), seed=0, raw=raw)[(0, 1)]
-
-
-class StopAt(Callback):
-    """Ask for a stop (as SIGTERM does) after step ``step``: the checkpointer (last) saves and
-    stops at once."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step(self, state):
-        if state.step == self.step:
-            state.request_stop(15)
 
 
 @pytest.fixture

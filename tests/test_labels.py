@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, online_probe_of
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -163,7 +163,7 @@ def test_a_users_dataset_and_loader_carry_their_labels():
     assert_labels_match(given)
 
 
-def test_no_labels_no_probe():
+def test_no_labels_noonline_probe_of():
     """Unlabelled items: batches without labels and no probe, even beside a labelled eval split
     (a source that says its training split is unlabelled)."""
     run = build_train_data(_cfg(), CPU, train_data=Items(labelled=False))
@@ -201,19 +201,13 @@ def _train(folder: Path, out: Path, steps: int, prepare=None) -> Trainer:
     return tr
 
 
-def _probe(tr):
-    """The run's online probe (its callback's), or None."""
-    found = [c.probe for c in tr.callbacks() if isinstance(c, OnlineProbeMonitor)]
-    return found[0] if found else None
-
-
 def test_the_probe_learns_on_the_folder_path(colours, tmp_path):
     """The standard pipeline on an image folder, end to end: the probe trains on the batches'
     labels and its accuracy on val rises well above chance (33%) within 12 steps (2 epochs).
     Before the labels travelled with the batch it never trained and logged exactly chance."""
     tr = _train(colours, tmp_path / "run", 12)
-    assert isinstance(tr.data, CropData) and _probe(tr) is not None
-    assert _probe(tr).trained
+    assert isinstance(tr.data, CropData) and online_probe_of(tr) is not None
+    assert online_probe_of(tr).trained
     logged = _metrics(tmp_path / "run")
     top1 = [v for (_, name), v in sorted(logged.items()) if name == "probe/linear_top1"]
     assert len(top1) == 2 and top1[-1] >= 60, top1
@@ -227,6 +221,6 @@ def test_a_probe_that_never_trained_logs_no_number(colours, tmp_path):
         tr.data.labelled = False
 
     tr = _train(colours, tmp_path / "run", 6, withhold_labels)
-    assert _probe(tr) is not None and not _probe(tr).trained
+    assert online_probe_of(tr) is not None and not online_probe_of(tr).trained
     logged = _metrics(tmp_path / "run")
     assert logged and not any(name.startswith("probe/") for _, name in logged)

@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from conftest import TINY, make_image_folder
+from conftest import TINY, make_image_folder, online_probe_of
 
 from unigrad.config import build_config
 from unigrad.engine.checkpoint import load_checkpoint
@@ -46,14 +46,6 @@ def test_rankme_is_the_exponential_entropy_of_the_normalised_singular_values():
     assert out["rankme"] == pytest.approx(rankme(u), rel=1e-9)  # over both online views
 
 
-def _probe(tr):
-    """The run's online probe (its callback's), or None."""
-    from unigrad.engine.callbacks import OnlineProbeMonitor
-
-    found = [c.probe for c in tr.callbacks() if isinstance(c, OnlineProbeMonitor)]
-    return found[0] if found else None
-
-
 def _run(folder, out, steps, stop=None, **over):
     """``steps`` of a run (its schedules' length); with ``stop``, only that many."""
     cfg = _cfg(folder, out, max_steps=steps, deterministic=True, **over)
@@ -80,13 +72,13 @@ def test_the_probe_never_changes_the_backbone_and_is_logged_by_default(folder, t
     on, out, rng_on = probe_on
     torch.manual_seed(123)
     off = _run(folder, tmp_path / "off", 6, online_probe=False)
-    assert _probe(off) is None and _probe(on) is not None
+    assert online_probe_of(off) is None and online_probe_of(on) is not None
     assert torch.equal(rng_on, torch.get_rng_state())  # the probe draws no random number
     for part in ("model", "target", "objective"):
         a, b = getattr(on, part).state_dict(), getattr(off, part).state_dict()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{part}.{k} differs with the probe on"
-    assert _probe(on).weight.abs().sum() > 0  # it did train
+    assert online_probe_of(on).weight.abs().sum() > 0  # it did train
     logged = _metrics(out)
     assert {(4, "probe/linear_top1"), (6, "probe/linear_top1")} <= logged.keys()
     assert 0 <= logged[(4, "probe/linear_top1")] <= 100
@@ -107,7 +99,7 @@ def test_the_probe_is_in_the_checkpoint_and_resumes_exactly(folder, tmp_path, pr
         resumed.close()
     for k, v in ref.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
-    a, b = _probe(ref).checkpoint_state(), _probe(resumed).checkpoint_state()
+    a, b = online_probe_of(ref).checkpoint_state(), online_probe_of(resumed).checkpoint_state()
     for k, v in a["module"].items():
         assert torch.equal(v, b["module"][k]), k
     for k, st in a["optimizer"]["state"].items():
@@ -117,7 +109,7 @@ def test_the_probe_is_in_the_checkpoint_and_resumes_exactly(folder, tmp_path, pr
 def test_the_probe_needs_labels_and_an_eval_split(tmp_path):
     only_train = make_image_folder(tmp_path / "d", splits=("train",), classes=2, per_class=8)
     tr = Trainer(_cfg(only_train, tmp_path / "r", max_steps=1), show_progress=False)
-    assert _probe(tr) is None and tr.data.num_classes is None
+    assert online_probe_of(tr) is None and tr.data.num_classes is None
 
 
 def test_eval_features_are_extracted_once_per_weights(folder, tmp_path):
