@@ -169,7 +169,8 @@ DINO = prototype_method(
             "teacher temperature at epoch 0", 0.04, lambda v: v > 0, "> 0"
         ),
         "warmup_teacher_temp_epochs": Param(
-            "epochs of the teacher temperature's linear warm-up",
+            "epochs of the teacher temperature's linear warm-up (50: solo-learn's argparse-era"
+            " default; its Hydra configs use 0, tau_t = teacher_temp throughout)",
             50.0,
             lambda v: v >= 0,
             ">= 0",
