@@ -77,21 +77,25 @@ def two_nodes(config, tmp_path_factory):
         sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
         "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes",
     ]  # fmt: skip
+    # one agent hosts the rendezvous store, as the node named in the endpoint does on a
+    # cluster; left to guess (both match 127.0.0.1), the two raced to host it
     agents = [
         subprocess.Popen(
-            [*launch, "-m", "unigrad", *pretrain(config, out)],
+            [*launch, f"--rdzv-conf=is_host={host}", "-m", "unigrad", *pretrain(config, out)],
             env=_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for _ in range(2)
+        for host in (1, 0)
     ]
     try:
         logs = [a.communicate(timeout=TIMEOUT)[0] for a in agents]
-    finally:
+    except subprocess.TimeoutExpired:
         for a in agents:
             a.kill()
+        tails = [a.communicate()[0][-3000:] for a in agents]
+        pytest.fail(f"the two-node launch ran past {TIMEOUT} s:\n" + "\n---\n".join(tails))
     for a, log in zip(agents, logs, strict=True):
         assert a.returncode == 0, log[-3000:]
     return load_checkpoint(out / "last.ckpt")
