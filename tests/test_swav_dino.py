@@ -570,3 +570,35 @@ def test_loss_form_and_gradient_form_train_alike(method, n_views):
             assert torch.allclose(v, grad[k], rtol=1e-8, atol=1e-10), k
     w = "2.parts.prototypes.weight"
     assert not torch.allclose(loss[w], simple[w], rtol=1e-4)
+
+
+@pytest.mark.parametrize("head_norm", ["none", "bn"])
+def test_dino_head_normalisation_is_a_setting_the_teacher_copies(head_norm):
+    """``head_norm: bn`` is DINO's ``use_bn_in_head``: a BatchNorm after each hidden linear
+    layer (before the GELU), none after the bottleneck; the momentum teacher copies it."""
+    from torch import nn
+
+    from unigrad.core.targets import TargetBranch
+    from unigrad.models.build import model_from_config
+
+    record = {
+        "backbone": "resnet18", "width": 0.125, "cifar_stem": True, "proj_depth": 3,
+        "proj_dim": 16, "proj_hidden": 32, "image_size": 32, "method": "dino",
+        "form": "loss", "hparams": {"head_norm": head_norm},
+    }  # fmt: skip
+    model = model_from_config(record)
+    head = list(model.encoder.projector)
+    kinds = [type(m) for m in head]
+    bn = nn.BatchNorm1d
+    expected = [nn.Linear, bn, nn.GELU] * 2 if head_norm == "bn" else [nn.Linear, nn.GELU] * 2
+    assert kinds == [*expected, nn.Linear]
+    target = TargetBranch("momentum", model.encoder)
+    copied = [type(m) for m in target.net.projector]
+    assert copied == kinds
+
+
+def test_dino_head_normalisation_refuses_other_values():
+    from unigrad.core.spec import HyperparameterError
+
+    with pytest.raises(HyperparameterError, match="head_norm must be none or bn, got 'gn'"):
+        _obj("dino", head_norm="gn")

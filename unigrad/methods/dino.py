@@ -103,19 +103,23 @@ DINO_SCHEDULES = {
 
 
 def dino_head(ctx: HeadContext) -> nn.Module:
-    """DINO's head up to its bottleneck: ``proj_depth`` linear layers with GELU between them
-    and no normalisation (its ``use_bn=False``), hidden width ``proj_hidden`` (default C),
-    output the bottleneck C = ``proj_dim``, weights trunc_normal(0.02) and biases 0. The l2
-    normalisation and the weight-normalised last layer follow in the objective (the
-    prototypes), so the gradient form sees u1 and W."""
+    """DINO's head up to its bottleneck: ``proj_depth`` linear layers with GELU between them,
+    after a BatchNorm where ``head_norm`` is ``bn`` (its ``use_bn_in_head``; default none),
+    hidden width ``proj_hidden`` (default C), output the bottleneck C = ``proj_dim``, weights
+    trunc_normal(0.02) and biases 0. The l2 normalisation and the weight-normalised last layer
+    follow in the objective (the prototypes), so the gradient form sees u1 and W."""
     hidden = ctx.proj_hidden or ctx.proj_dim
     dims = [ctx.feat_dim] + [hidden] * (ctx.proj_depth - 1) + [ctx.proj_dim]
+    bn = ctx.hp.get("head_norm") == "bn"
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(itertools.pairwise(dims)):
         linear = nn.Linear(a, b)
         nn.init.trunc_normal_(linear.weight, std=0.02)
         nn.init.zeros_(linear.bias)
-        layers += [linear] if i == len(dims) - 2 else [linear, nn.GELU()]
+        if i == len(dims) - 2:
+            layers.append(linear)
+        else:
+            layers += [linear, nn.BatchNorm1d(b), nn.GELU()] if bn else [linear, nn.GELU()]
     return nn.Sequential(*layers)
 
 
@@ -176,6 +180,14 @@ DINO = prototype_method(
             ">= 0",
         ),
         "center_momentum": Param("EMA rate of the centre", 0.9, lambda v: 0 <= v < 1, "in [0, 1)"),
+        "head_norm": Param(
+            "normalisation in the head's hidden layers: none (its authors' and solo-learn's"
+            " default) or bn (its use_bn_in_head)",
+            "none",
+            lambda v: v in ("none", "bn"),
+            "none or bn",
+            cast=str,
+        ),
         "freeze_prototypes": FREEZE.with_default(1.0),
     },
     train_defaults={"momentum_base": 0.9995},
