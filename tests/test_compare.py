@@ -150,10 +150,9 @@ def test_compare_interrupted_exits_cleanly(tmp_path, tiny_folder, capsys, monkey
 
 
 def test_spread_summary_pairs_loss_with_its_gradient_row():
-    def row(group, seed, knn, method="moco", form="grad", r="a", target="momentum"):
-        return dict(
-            group=group, seed=seed, knn_top1=knn, method=method, form=form, row=r, target=target
-        )
+    def row(group, seed, knn, method="moco", form="grad", r="a", target="momentum", twin="[]"):
+        cols = dict(method=method, form=form, row=r, target=target, twin=twin)
+        return dict(group=group, seed=seed, knn_top1=knn, **cols)
 
     rows = [
         row("a-moco-grad", 0, 40.0),
@@ -163,12 +162,19 @@ def test_spread_summary_pairs_loss_with_its_gradient_row():
         # another target, and a non-default gradient row: neither is moco-loss's twin
         row("a-moco-stopgrad", 0, 10.0, target="stopgrad"),
         row("e-asym", 0, 30.0, method="directpred", r="e"),
+        # a diagnostic of the loss form with one more setting: nobody's twin
+        row("moco-loss-tau", 0, 20.0, form="loss", r="-", twin="[('tau', 0.5)]"),
     ]
     lines = C.spread_summary(rows)
     assert lines[0].startswith("- seed to seed: pooled std 1.41 over 2 groups")
     assert "- loss form moco-loss minus gradient form a-moco-grad: +3.00" in lines
     assert sum("minus" in x for x in lines) == 1
     assert lines[-1].startswith("- between groups: 10.00 (a-moco-stopgrad) to 44.00 (moco-loss)")
+    moco = {"method": "moco", "seed": 1}
+    loss = C.RunSpec("moco-loss", 1, {**moco, "form": "loss"})
+    grad = C.RunSpec("a-moco-grad", 1, {**moco, "form": "grad", "variant": "a"})
+    other = C.RunSpec("x", 1, {**moco, "form": "loss", "tau": 0.5})
+    assert C.twin_key(loss) == C.twin_key(grad) != C.twin_key(other)
     assert C.spread_summary(rows[:1]) == []
     # the same runs listed under a second name (projector's depth-3 and width-512) count once
     alias = [dict(r, group="alias") for r in rows[:2]]

@@ -57,6 +57,17 @@ class RunSpec:
         return f"{self.name}-s{self.seed}"
 
 
+#: what a loss-form run and its gradient-form twin may differ in
+_FORM_KEYS = frozenset({"form", "variant", "seed"})
+
+
+def twin_key(spec: RunSpec) -> str:
+    """What the grid sets for a run besides its form and seed: a loss-form group and a
+    gradient-form group are compared as twins only where these agree (a diagnostic that changes
+    one more setting is nobody's twin)."""
+    return repr(sorted((k, v) for k, v in spec.overrides.items() if k not in _FORM_KEYS))
+
+
 def grid_names() -> list[str]:
     return shipped("grids")
 
@@ -240,7 +251,8 @@ def spread_summary(rows: list[dict[str, Any]]) -> list[str]:
 
     * seed-to-seed: pooled standard deviation over the groups with at least two seeds;
     * loss vs gradient: for each loss-form group, the difference of its mean to the group of the
-      same method and target that uses the method's default gradient form (its Table 2 row);
+      same method and target that uses the method's default gradient form (its Table 2 row) and
+      sets nothing else differently (rows' ``twin``, :func:`twin_key`, where they carry one);
     * between groups: the range and standard deviation of the group means, within each rung
       of the grid's product (a budget ladder compares methods at one budget, not across).
 
@@ -273,6 +285,7 @@ def spread_summary(rows: list[dict[str, Any]]) -> list[str]:
             and hs[0]["method"] == r["method"]
             and hs[0]["target"] == r["target"]
             and hs[0]["row"] == row_label(ref)
+            and hs[0].get("twin") == r.get("twin")
         ]
         for h in twin:
             d = means[g] - means[h]

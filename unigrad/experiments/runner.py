@@ -195,6 +195,7 @@ def run_grid(
             _warn_if_changed(spec, cfg, unchecked)
         # the grid names its runs: a result copied in from another grid takes its name here
         names = {"run": spec.run_id, "group": spec.name, "rung": spec.rung, "base": spec.base}
+        names["twin"] = C.twin_key(spec)
         rows.append(
             {**baselines.get(key, {}), **result, **names, "backbone": C.backbone_label(cfg)}
         )
