@@ -13,29 +13,17 @@ says how fast, next to a pair of table2 for comparison.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from harness import CIFAR, machine
-from step_agreement import TINY, Probe, rel, state
+from step_agreement import TINY, Probe, grid_run_config, rel, state
 
 from unigrad.engine.trainer import Trainer
-from unigrad.experiments.grid import load_grid, run_configs
+from unigrad.experiments.grid import load_grid
 
 AT = (1, 2, 5, 10, 20, 50, 100)
-
-
-def grid_config(grid_name: str, run: str, out: Path, over: dict[str, Any]) -> Any:
-    """The config of run ``run`` (e.g. ``swav-loss-s0``) of the shipped grid ``grid_name``."""
-    grid = load_grid(grid_name)
-    grid["runs"] = [r for r in grid["runs"] if run.startswith(f"{r['name']}-s")]
-    found = [cfg for spec, cfg in run_configs(grid, out, {}, over) if spec.run_id == run]
-    if not found:
-        sys.exit(f"error: grid {grid_name!r} has no run {run!r} (unigrad compare --grid "
-                 f"{grid_name} --dry-run lists them)")  # fmt: skip
-    return found[0]
 
 
 def states(cfg: Any, at: tuple[int, ...]) -> dict[int, Any]:
@@ -65,8 +53,8 @@ def main() -> None:
         grid_name, runs = pair.split(":")
         run_a, run_b = runs.split(",")
         with tempfile.TemporaryDirectory() as tmp:
-            sa = states(grid_config(grid_name, run_a, Path(tmp) / "a", over), at)
-            sb = states(grid_config(grid_name, run_b, Path(tmp) / "b", over), at)
+            sa = states(grid_run_config(load_grid(grid_name), run_a, Path(tmp) / "a", over), at)
+            sb = states(grid_run_config(load_grid(grid_name), run_b, Path(tmp) / "b", over), at)
         row = "".join(f"{rel(sa[s], sb[s]):11.2e}" for s in (0, *at))
         print(f"{run_a} vs {run_b}".ljust(44) + row, flush=True)
 

@@ -67,18 +67,23 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / a.norm().clamp_min(1e-30))
 
 
+def grid_run_config(grid: dict[str, Any], run: str, out: Path, over: dict[str, Any]) -> Any:
+    """The config of run ``run`` (e.g. ``swav-loss-s0``) of the loaded ``grid`` with ``over``
+    (only the runs whose name starts ``run``'s are built); exits with one line if it has none."""
+    grid["runs"] = [r for r in grid["runs"] if run.startswith(f"{r['name']}-")]
+    found = [cfg for spec, cfg in run_configs(grid, out, {}, over) if spec.run_id == run]
+    if not found:
+        sys.exit(f"error: grid {grid['name']!r} has no run {run!r} (unigrad compare --grid "
+                 f"{grid['name']} --dry-run lists them)")  # fmt: skip
+    return found[0]
+
+
 def ladder_config(run: str, data: str, out: Path, over: dict[str, Any]) -> Any:
     """The config of the budget grid's run ``run`` (e.g. ``unigrad-grad-64-s0``) with ``over``
-    (the grid cut to that run first: building all 16 configs costs seconds)."""
+    (the grid cut to that run's budget first: building all 16 configs costs seconds)."""
     grid = load_grid("budget")
-    grid["runs"] = [r for r in grid["runs"] if run.startswith(f"{r['name']}-")]
     grid["product"] = {"epochs": [e for e in grid["product"]["epochs"] if f"-{e}-s" in run]}
-    found = [cfg for spec, cfg in run_configs(grid, out, {"data": data}, over)
-             if spec.run_id == run]  # fmt: skip
-    if not found:
-        sys.exit(f"error: the budget grid has no run {run!r} (unigrad compare --grid budget "
-                 "--dry-run lists them)")  # fmt: skip
-    return found[0]
+    return grid_run_config(grid, run, out, {"data": data, **over})
 
 
 def train(cfg: Any, steps: int, total: int) -> tuple[Trainer, Probe, float]:
