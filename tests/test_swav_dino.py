@@ -602,3 +602,29 @@ def test_dino_head_normalisation_refuses_other_values():
 
     with pytest.raises(HyperparameterError, match="head_norm must be none or bn, got 'gn'"):
         _obj("dino", head_norm="gn")
+
+
+@pytest.mark.parametrize("method", ["swav", "dino"])
+def test_loss_and_exact_forms_agree_through_the_trainer_in_float64(method, tiny_folder, tmp_path):
+    """The protos grid's loss and exact runs through the real Trainer (its parameter groups,
+    schedules, hooks and data), converted to float64 (``bench/form_agreement.py --float64``):
+    8 steps apart by float64 round-off only (fp32 parts them by 1e-7 to 1e-1 within 50 steps,
+    BENCHMARKS §11), with the prototypes frozen for the first step and SwAV's queue (2 batches)
+    in Sinkhorn from step 2, DINO's teacher temperature warming up; the simplified row, another
+    gradient, ends far from both."""
+    from form_agreement import states
+    from step_agreement import TINY, grid_run_config, rel
+
+    from unigrad.experiments.grid import load_grid
+
+    over = {"data": str(tiny_folder), "max_steps": 8, "knn_every": 0, "diag_every": 0,
+            "tensorboard": False, "online_probe": False, "compile": "off", **TINY,
+            "freeze_prototypes": 0.3}  # fmt: skip
+    swav = {"queue_size": 32, "queue_start": 0.5}
+    over |= swav if method == "swav" else {"warmup_teacher_temp_epochs": 2}
+    loss, grad, simple = (
+        states(grid_run_config(load_grid("protos"), r, tmp_path / r, over), (8,), True, 0.0)[8]
+        for r in (f"{method}-loss-s0", f"{method}-grad-s0", f"{method}-simple-s0")
+    )
+    assert rel(loss, grad) < 1e-9, rel(loss, grad)
+    assert rel(loss, simple) > 1e-4, rel(loss, simple)
