@@ -13,7 +13,8 @@ from unigrad.core.objective import Objective
 from unigrad.experiments.derivations import EXACT_TOL, run_checks
 from unigrad.methods import METHODS as METHODS_
 from unigrad.methods.dino import teacher_temperature
-from unigrad.methods.swav import pair_weights, sinkhorn
+from unigrad.methods.prototypes import pair_weights
+from unigrad.methods.swav import sinkhorn
 
 N, C, K = 10, 8, 12
 

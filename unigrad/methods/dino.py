@@ -12,7 +12,7 @@ Centring acts on the positive (the code), never on the negative.
 
 Through the weight normalisation the prototypes' own gradient becomes
 dl/dv_k = (I - w_k w_k^T) dl/dw_k / ||v_k||, which autograd carries from
-:func:`~unigrad.methods.swav.prototype_surrogate`.
+:func:`~unigrad.methods.prototypes.prototype_surrogate`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from unigrad.core.clock import Clock
 from unigrad.core.needs import Head, HeadContext, Needs
 from unigrad.core.spec import Param
 from unigrad.core.term import Step
-from unigrad.methods.swav import (
+from unigrad.methods.prototypes import (
     FREEZE,
     Prototypes,
     PrototypeTerm,
