@@ -3,11 +3,12 @@ from the same seed and views through the real Trainer: how far apart their state
 each of the first steps (BENCHMARKS §11).
 
 In a fp32 run the round-off grows with every step, and this says how fast, next to a pair of
-table2 for comparison. ``--float64`` runs both trainers in float64 (model, target and objective
-converted, their inputs cast): what is left apart then is not round-off but a difference of the
-maths somewhere on the trainer's path. ``--perturb EPS`` scales run B's initial weights by
-1 + EPS * N(0, 1) elementwise: a run against itself with that start (``moco-loss-s0,moco-loss-s0``)
-says how fast the training alone parts two trajectories that begin a round-off apart.
+table2 for comparison. ``--float64`` runs both trainers in float64 (model, target, objective and
+optimiser state converted, their inputs cast): what is left apart then is not round-off but a
+difference of the maths somewhere on the trainer's path. ``--perturb EPS`` scales run B's
+initial weights by 1 + EPS * N(0, 1) elementwise: a run against itself with that start
+(``moco-loss-s0,moco-loss-s0``) says how fast the training alone parts two trajectories that
+begin a round-off apart.
 
     python bench/form_agreement.py --data DIR protos:swav-loss-s0,swav-grad-s0 \\
         table2:moco-loss-s0,a-moco-grad-s0 [--steps 20] [--tiny] [--float64] [--perturb EPS]
