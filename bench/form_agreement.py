@@ -33,6 +33,15 @@ from unigrad.experiments.grid import load_grid
 AT = (1, 2, 5, 10, 20, 50, 100)
 
 
+def overrides(data: str, steps: int, tiny: bool) -> dict[str, Any]:
+    """What both runs of a pair change in their grid's config: ``steps`` steps on ``data``, no
+    periodic evaluation, diagnostics, TensorBoard or online probe, eager, fp32 (as both grids
+    are); the tiny network of ``step_agreement`` with ``tiny``."""
+    over: dict[str, Any] = {"data": data, "max_steps": steps, "knn_every": 0, "diag_every": 0}
+    over |= {"tensorboard": False, "online_probe": False, "compile": "off", "amp": "off"}
+    return over | (TINY if tiny else {})
+
+
 def _f64(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return type(x)(_f64(v) for v in x)
@@ -82,11 +91,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="K=V", help="override both runs")
     a = ap.parse_args()
     at = tuple(s for s in AT if s <= a.steps)
-    over: dict[str, Any] = {"data": a.data, "max_steps": a.steps, "knn_every": 0}
-    over |= {"diag_every": 0, "tensorboard": False, "online_probe": False, "compile": "off"}
-    over |= {"amp": "off"}  # both grids are fp32
-    over |= TINY if a.tiny else {}
-    over |= parse_set(a.set)
+    over = overrides(a.data, a.steps, a.tiny) | parse_set(a.set)
     dtype = "float64" if a.float64 else "fp32"
     print(f"# {machine()}; {dtype}; B's weights x (1 + {a.perturb:g} N(0, 1)); relative "
           "distance ||a - b|| / ||a|| of all float state")  # fmt: skip

@@ -613,14 +613,12 @@ def test_loss_and_exact_forms_agree_through_the_trainer_in_float64(method, tiny_
     BENCHMARKS §11), with the prototypes frozen for the first step and SwAV's queue (2 batches)
     in Sinkhorn from step 2, DINO's teacher temperature warming up; the simplified row, another
     gradient, ends far from both."""
-    from form_agreement import states
-    from step_agreement import TINY, grid_run_config, rel
+    from form_agreement import overrides, states
+    from step_agreement import grid_run_config, rel
 
     from unigrad.experiments.grid import load_grid
 
-    over = {"data": str(tiny_folder), "max_steps": 8, "knn_every": 0, "diag_every": 0,
-            "tensorboard": False, "online_probe": False, "compile": "off", **TINY,
-            "freeze_prototypes": 0.3}  # fmt: skip
+    over = overrides(str(tiny_folder), 8, tiny=True) | {"freeze_prototypes": 0.3}
     swav = {"queue_size": 32, "queue_start": 0.5}
     over |= swav if method == "swav" else {"warmup_teacher_temp_epochs": 2}
     loss, grad, simple = (
