@@ -109,7 +109,9 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_folder, method):
     for nproc in (1, 2):
         out = tmp_path / f"run{nproc}"
         res = _run(["pretrain", "--config", str(cfg), "--out", str(out), "--quiet"], nproc)
-        assert res.returncode == 0, res.stderr[-3000:]
+        # a crash names what the run had written (a last.ckpt means it died after its step)
+        written = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        assert res.returncode == 0, f"exit {res.returncode}, wrote {written}\n{res.stderr[-3000:]}"
         states.append(load_checkpoint(out / "last.ckpt"))
         assert sorted(p.name for p in out.iterdir() if p.suffix == ".yaml") == ["config.yaml"]
         assert (out / ".lock").read_text().strip().isdigit()  # one holder: rank 0
