@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,21 @@ from unigrad.engine.callbacks import Callback, OnlineProbeMonitor
 __all__ = ["TINY", "StopAt", "assert_same_tree", "make_image_folder", "online_probe_of"]
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+#: TMPDIR space the suite needs (checkpoints of ResNet-18s in tmp_path): less, and it stops
+NEEDS_TMP_BYTES = 1 << 30
+
+
+def pytest_sessionstart(session) -> None:
+    """A full disk fails dozens of tests at once, far from the cause: say it first, in one line."""
+    tmp = tempfile.gettempdir()
+    free = shutil.disk_usage(tmp).free
+    if free < NEEDS_TMP_BYTES:
+        pytest.exit(
+            f"{tmp} has {free / 2**30:.2f} GiB free; the tests need "
+            f"{NEEDS_TMP_BYTES / 2**30:.0f} GiB there: free some, or point TMPDIR elsewhere",
+            returncode=1,
+        )
 
 
 class StopAt(Callback):

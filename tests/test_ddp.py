@@ -9,6 +9,7 @@ learning rate makes the update large against the fp32 rounding of the weights it
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -63,6 +64,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """``cmd`` in a session of its own, stdout and stderr captured: see :func:`finish`."""
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    """Wait for a process from :func:`start`; past ``timeout``, kill its whole session (a
+    torchrun agent and its workers: killing the agent alone leaves the workers running) and
+    fail the test with the ends of its output."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{proc.args[:6]}... ran past {timeout} s:\n{out[-2000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def _run(args: list[str], nproc: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     env.setdefault("UNIGRAD_COMPILE_BACKEND", "aot_eager")  # compile: step's capture, quickly
@@ -74,10 +96,9 @@ def _run(args: list[str], nproc: int) -> subprocess.CompletedProcess:
             "torch.distributed.run",
             f"--nproc_per_node={nproc}",
             f"--master_port={_free_port()}",
-            "-m",
-            "unigrad",
+            str(Path(__file__).parent / "torchrun_exit.py"),  # unigrad, and no thread left
         ]
-    return subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=600)
+    return finish(start(launch + args, env), timeout=600)
 
 
 @pytest.mark.parametrize(
@@ -108,10 +129,13 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_folder, method):
     states = []
     for nproc in (1, 2):
         out = tmp_path / f"run{nproc}"
-        res = _run(["pretrain", "--config", str(cfg), "--out", str(out), "--quiet"], nproc)
+        args = ["pretrain", "--config", str(cfg), "--out", str(out), "--quiet", "--json"]
+        res = _run(args, nproc)
         # a crash names what the run had written (a last.ckpt means it died after its step)
         written = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
         assert res.returncode == 0, f"exit {res.returncode}, wrote {written}\n{res.stderr[-3000:]}"
+        # one result, from rank 0 (the group ended after it printed, not before)
+        assert [line[:1] for line in res.stdout.splitlines()].count("{") == 1, res.stdout
         states.append(load_checkpoint(out / "last.ckpt"))
         assert sorted(p.name for p in out.iterdir() if p.suffix == ".yaml") == ["config.yaml"]
         assert (out / ".lock").read_text().strip().isdigit()  # one holder: rank 0

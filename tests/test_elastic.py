@@ -13,6 +13,7 @@
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +22,13 @@ import pytest
 import torch
 import yaml
 from conftest import TINY, assert_same_tree, make_image_folder
-from test_ddp import _free_port
+from test_ddp import _free_port, finish, start
 
 from unigrad.engine.checkpoint import load_checkpoint
 
 REPO = Path(__file__).parents[1]
+#: ``unigrad`` with a check that its process group ends with main() (tests/torchrun_exit.py)
+EXIT = str(REPO / "tests" / "torchrun_exit.py")
 #: 48 images, 8 a step: 6 steps an epoch, 12 in all; checkpoints at 3, 6, 9, 12; the ranks
 #: agree on a stop at the log boundaries 4, 8, 12.
 CFG = {
@@ -60,7 +63,7 @@ def _env() -> dict[str, str]:
 
 def torchrun(launch: list[str], program: list[str]) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", *launch, *program]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    return finish(start(cmd, _env()), TIMEOUT)
 
 
 def pretrain(config: Path, out: Path) -> list[str]:
@@ -80,24 +83,16 @@ def two_nodes(config, tmp_path_factory):
     # one agent hosts the rendezvous store, as the node named in the endpoint does on a
     # cluster; left to guess (both match 127.0.0.1), the two raced to host it
     agents = [
-        subprocess.Popen(
-            [*launch, f"--rdzv-conf=is_host={host}", "-m", "unigrad", *pretrain(config, out)],
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        start([*launch, f"--rdzv-conf=is_host={host}", EXIT, *pretrain(config, out)], _env())
         for host in (1, 0)
     ]
     try:
-        logs = [a.communicate(timeout=TIMEOUT)[0] for a in agents]
-    except subprocess.TimeoutExpired:
+        for done in [finish(a, TIMEOUT) for a in agents]:
+            assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-3000:]
+    finally:  # one agent past the timeout: the other goes too
         for a in agents:
-            a.kill()
-        tails = [a.communicate()[0][-3000:] for a in agents]
-        pytest.fail(f"the two-node launch ran past {TIMEOUT} s:\n" + "\n---\n".join(tails))
-    for a, log in zip(agents, logs, strict=True):
-        assert a.returncode == 0, log[-3000:]
+            if a.poll() is None:
+                os.killpg(a.pid, signal.SIGKILL)
     return load_checkpoint(out / "last.ckpt")
 
 
@@ -134,7 +129,7 @@ def test_refusal_on_one_rank_stops_every_rank_with_one_message(config, tmp_path)
         held.flush()
         logs = tmp_path / "logs"  # each rank's stderr in a file of its own
         launch = ["--nproc-per-node=2", f"--master-port={_free_port()}", f"--log-dir={logs}"]
-        res = torchrun([*launch, "--redirects=2"], ["-m", "unigrad", *pretrain(config, out)])
+        res = torchrun([*launch, "--redirects=2"], [EXIT, *pretrain(config, out)])
     assert res.returncode != 0
     ranks = sorted(logs.rglob("stderr.log"), key=lambda p: p.parent.name)
     assert [p.parent.name for p in ranks] == ["0", "1"], res.stderr[-3000:]

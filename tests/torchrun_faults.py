@@ -8,8 +8,9 @@ import os
 import signal
 import sys
 
+from torchrun_exit import checked_main
+
 import unigrad.engine.trainer as trainer_module
-from unigrad.cli import main
 from unigrad.engine.callbacks import Callback
 
 FAULTS = {
@@ -27,4 +28,4 @@ class Fault(Callback):
 
 built_in = trainer_module.run_callbacks  # the run's callbacks, checkpoints last: Fault after them
 trainer_module.run_callbacks = lambda trainer, extra: [*built_in(trainer, extra), Fault()]
-sys.exit(main(sys.argv[1:]))
+sys.exit(checked_main(sys.argv[1:]))

@@ -121,3 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """End the process group that a command run under torchrun set up, here, where the
+    command's objects and any error's traceback are released (see
+    :func:`unigrad.core.dist.cleanup`: ended later, at interpreter exit, a gloo thread can abort
+    the process)."""
+    dist = sys.modules.get("unigrad.core.dist")  # imported by the commands that train
+    if dist is not None:
+        dist.cleanup()

@@ -117,15 +117,12 @@ def _pretrain(p: argparse.ArgumentParser) -> None:
         a.resume = a.resume or dist.restart_count() > 0  # a torchrun restart is a resume
         cfg = config_from_args(a)
 
-        try:
-            trainer = Trainer(cfg, resume=a.resume, show_progress=not a.quiet)
-            final = trainer.fit()
+        try:  # under torchrun, main() ends the process group after this returns
+            final = Trainer(cfg, resume=a.resume, show_progress=not a.quiet).fit()
         except Interrupted as e:
             if dist.is_main():
                 print(f"{e}; continue with: unigrad pretrain --out {cfg.out} --resume")
             return 128 + e.signum
-        finally:
-            dist.cleanup()
         if dist.is_main():
             if a.json:
                 print(json.dumps(final))

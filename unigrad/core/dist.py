@@ -17,9 +17,11 @@ under NCCL, the CPU under gloo).
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -231,5 +233,37 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """End the process group and its threads, while the interpreter is whole.
+
+    Call it last, once the objects that hold the group (a trainer and its DDP model) are
+    dropped: ``destroy_process_group`` leaves the group alive while anything refers to it, and a
+    trainer sits in reference cycles that only the garbage collector frees. Left to the
+    collection at interpreter exit, a gloo worker thread can still be releasing its last
+    collective's tensors then; it needs the GIL to do so, which CPython refuses a thread during
+    finalisation, and the process aborts ("terminate called without an active exception",
+    SIGABRT; pytorch#190489). Collecting here ends the group's threads first. The CLI calls it
+    after every command.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.destroy_process_group()
+    if "torch._dynamo" in sys.modules:
+        _release_compiled_graphs()
+    gc.collect()
+
+
+def _release_compiled_graphs() -> None:
+    """Drop torch.compile's graphs, and with them what they traced (DDP, the process group).
+
+    Dynamo keeps each graph as a global of the compiled function's module, to be removed when
+    the code compiled for it dies; in torch 2.11-2.14 some of that code outlives
+    ``torch._dynamo.reset()``, so the removals are run here (a later compile starts afresh).
+    """
+    torch._dynamo.reset()
+    from torch._dynamo.utils import CleanupManager  # internal: ends with the leak it works around
+
+    for hooks in list(CleanupManager.instance.values.values()):
+        for hook in hooks:
+            with suppress(KeyError):  # torch 2.11 deletes; a name already gone is fine
+                hook()
+    CleanupManager.instance.clear()
