@@ -17,7 +17,8 @@ __all__ = ["TINY", "StopAt", "assert_same_tree", "make_image_folder", "online_pr
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-#: TMPDIR space the suite needs (checkpoints of ResNet-18s in tmp_path): less, and it stops
+#: free TMPDIR below which the suite stops at once (its peak use is about 0.1 GB, mostly
+#: ResNet-18 checkpoints, each tmp_path removed when its test passes)
 NEEDS_TMP_BYTES = 1 << 30
 
 
