@@ -61,9 +61,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
-def torchrun(launch: list[str], program: list[str]) -> subprocess.CompletedProcess:
+def torchrun(launch: list[str], program: list[str], **env: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", *launch, *program]
-    return finish(start(cmd, _env()), TIMEOUT)
+    return finish(start(cmd, {**_env(), **env}), TIMEOUT)
 
 
 def pretrain(config: Path, out: Path) -> list[str]:
@@ -116,6 +116,17 @@ def test_torchrun_restarts_resume_and_equal_two_nodes(config, two_nodes, tmp_pat
     assert final["step"] == 12
     assert_same_tree(final, two_nodes, skip=frozenset({"out"}))  # the run directory aside
     assert not list(out.glob(".*.tmp*"))  # no half-written checkpoint left
+
+
+def test_a_crash_after_ddp_is_built_leaves_no_gloo_thread(config, tmp_path):
+    """A bug (no user error) on every rank at step 2: the traceback, a failed launch, and no
+    gloo thread after main() (the traceback's frames held the trainer, and it the group)."""
+    launch = ["--nproc-per-node=2", f"--master-port={_free_port()}"]
+    faults = str(REPO / "tests" / "torchrun_faults.py")
+    res = torchrun(launch, [faults, *pretrain(config, tmp_path / "run")], UNIGRAD_TEST_CRASH="2")
+    assert res.returncode != 0
+    assert "RuntimeError: injected crash after step 2" in res.stderr, res.stderr[-3000:]
+    assert "gloo threads alive" not in res.stderr, res.stderr[-3000:]
 
 
 def test_refusal_on_one_rank_stops_every_rank_with_one_message(config, tmp_path):

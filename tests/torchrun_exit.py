@@ -10,6 +10,7 @@ left after ``main()`` show the hazard every time.
 
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from unigrad.cli import main
@@ -19,7 +20,11 @@ LEFT_OVER = 70
 
 
 def checked_main(argv: list[str]) -> int:
-    code = main(argv)
+    try:
+        code = main(argv)
+    except Exception:  # a crash: its traceback, as Python prints it, then the check
+        traceback.print_exc()
+        code = 1
     tasks = Path(f"/proc/{os.getpid()}/task")
     names = [(t / "comm").read_text().strip() for t in tasks.iterdir()] if tasks.is_dir() else []
     gloo = sorted(n for n in names if "gloo" in n)

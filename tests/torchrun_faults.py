@@ -19,8 +19,17 @@ FAULTS = {
 }
 
 
+#: with UNIGRAD_TEST_CRASH=STEP every rank raises a RuntimeError (a bug, not a user error)
+#: once that step is done, instead of the faults above
+CRASH = int(os.environ.get("UNIGRAD_TEST_CRASH", "0"))
+
+
 class Fault(Callback):
     def on_step(self, state):
+        if CRASH:
+            if state.step == CRASH:
+                raise RuntimeError(f"injected crash after step {CRASH}")
+            return
         fault = FAULTS.get(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
         if fault and fault[:2] == (int(os.environ["RANK"]), state.step):
             os.kill(os.getpid(), fault[2])

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable
 
 from unigrad.errors import UserError
@@ -127,9 +128,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _end_process_group() -> None:
     """End the process group that a command run under torchrun set up, here, where the
-    command's objects and any error's traceback are released (see
-    :func:`unigrad.core.dist.cleanup`: ended later, at interpreter exit, a gloo thread can abort
-    the process)."""
+    command's objects are released (see :func:`unigrad.core.dist.cleanup`: ended later, at
+    interpreter exit, a gloo thread can abort the process). An error on its way out still holds
+    the trainer in its frames; their locals are cleared first (the traceback keeps its lines)."""
     dist = sys.modules.get("unigrad.core.dist")  # imported by the commands that train
-    if dist is not None:
-        dist.cleanup()
+    if dist is None or not dist.is_dist():
+        return
+    error = sys.exc_info()[1]
+    if error is not None:
+        traceback.clear_frames(error.__traceback__)
+    dist.cleanup()
