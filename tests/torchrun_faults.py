@@ -2,6 +2,7 @@
 
 ``FAULTS`` maps torchrun's restart count to (rank, step, signal): that rank sends itself the
 signal once that step is done (after the built-in callbacks, so after any checkpoint of it).
+``UNIGRAD_TEST_CRASH`` replaces them with an exception on every rank.
 """
 
 import os
