@@ -260,10 +260,13 @@ def _release_compiled_graphs() -> None:
     ``torch._dynamo.reset()``, so the removals are run here (a later compile starts afresh).
     """
     torch._dynamo.reset()
-    from torch._dynamo.utils import CleanupManager  # internal: ends with the leak it works around
-
-    for hooks in list(CleanupManager.instance.values.values()):
+    try:  # internal: a torch without it has no hooks to run (the torchrun tests would tell)
+        manager = torch._dynamo.utils.CleanupManager.instance
+        pending = list(manager.values.values())
+    except AttributeError:
+        return
+    for hooks in pending:
         for hook in hooks:
             with suppress(KeyError):  # torch 2.11 deletes; a name already gone is fine
                 hook()
-    CleanupManager.instance.clear()
+    manager.clear()
