@@ -11,6 +11,8 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
+from unigrad.core.dist import cleanup
+
 
 def _worker(rank: int, world: int, tmp: str, fn: Callable[[int, int], Any]) -> None:
     tdist.init_process_group("gloo", init_method=f"file://{tmp}/rdv", rank=rank, world_size=world)
@@ -21,7 +23,7 @@ def _worker(rank: int, world: int, tmp: str, fn: Callable[[int, int], Any]) -> N
         if rank == 0:
             torch.save(gathered, f"{tmp}/out.pt")
     finally:
-        tdist.destroy_process_group()
+        cleanup()  # the group and its threads end before the process does
 
 
 def on_ranks(fn: Callable[[int, int], Any], tmp: str | Path, world: int = 2) -> list[Any]:
